@@ -1,0 +1,235 @@
+"""Window geometry, padding, and the im2col / col2im pair that convolution and pooling share.
+
+Layout (the one of ``torch.nn.functional.unfold``)::
+
+    x     (N, C, H, W)
+    cols  (N, C*kh*kw, OH*OW)      row index = c*kh*kw + i*kw + j
+
+so a convolution is one matrix product ``W.reshape(F, C*kh*kw) @ cols``.
+
+Output size, with padding (top, bottom) and stride s::
+
+    OH = floor((H + top + bottom - kh) / s) + 1
+
+Padding may be an int, a pair ``(ph, pw)``, ``"valid"`` (none) or ``"same"``. ``"same"`` follows
+TensorFlow: ``OH = ceil(H / s)``, the total padding ``max((OH - 1) * s + kh - H, 0)`` split with the
+extra pixel at the bottom/right; with stride 1 and an odd kernel this keeps ``H`` unchanged.
+
+Only the array API standard is used: strided slices, ``stack`` and slice assignment. No fancy
+indexing, no scatter-add, no ``as_strided``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ..runtime import namespace
+
+__all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "scatter_windows"]
+
+
+class Geometry(NamedTuple):
+    """Everything a windowed op needs to know about its shapes (all ints)."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+    oh: int
+    ow: int
+
+    @property
+    def window(self) -> int:
+        """Pixels per window, ``kh * kw``."""
+        return self.kh * self.kw
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return value, value
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return a, b
+
+
+def kernel_pair(kernel_size) -> tuple[int, int]:
+    """``kernel_size`` as ``(kh, kw)``, checked to be positive."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    if kh <= 0 or kw <= 0:
+        raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+    return kh, kw
+
+
+def stride_pair(stride) -> tuple[int, int]:
+    """``stride`` as ``(sh, sw)``, checked to be positive."""
+    sh, sw = _pair(stride, "stride")
+    if sh <= 0 or sw <= 0:
+        raise ValueError(f"stride must be a positive int or pair, got {stride!r}")
+    return sh, sw
+
+
+def check_padding(padding) -> None:
+    """Raise early for a padding spec that can never be valid."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        return
+    ph, pw = _pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+
+
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def geometry(input_hw, kernel_size, stride=1, padding=0) -> Geometry:
+    """Resolve kernel, stride and padding for an input of spatial size ``(H, W)``.
+
+    Raises ``ValueError`` when the kernel is larger than the padded input or a value is out of
+    range, naming the sizes involved.
+    """
+    h, w = input_hw
+    kh, kw = kernel_pair(kernel_size)
+    sh, sw = stride_pair(stride)
+    check_padding(padding)
+    if padding == "valid":
+        top = bottom = left = right = 0
+    elif padding == "same":
+        top, bottom = _same_padding(h, kh, sh)
+        left, right = _same_padding(w, kw, sw)
+    else:
+        ph, pw = _pair(padding, "padding")
+        top = bottom = ph
+        left = right = pw
+    hp, wp = h + top + bottom, w + left + right
+    if kh > hp or kw > wp:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input {hp}x{wp} "
+            f"(input {h}x{w}): use a smaller kernel, more padding, or a larger input"
+        )
+    oh = (hp - kh) // sh + 1
+    ow = (wp - kw) // sw + 1
+    return Geometry(kh, kw, sh, sw, top, bottom, left, right, oh, ow)
+
+
+def check_nchw(x, what: str = "input") -> None:
+    """Raise ``ValueError`` unless ``x`` is 4-D (N, C, H, W)."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{what} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}; "
+            "add a batch axis with x[None, ...] or a channel axis with x[:, None, ...]"
+        )
+
+
+def pad(x, g: Geometry, value: float = 0.0):
+    """Pad ``x`` (N, C, H, W) spatially by ``g``'s padding, filling with ``value``."""
+    if g.top == g.bottom == g.left == g.right == 0:
+        return x
+    xp = namespace(x)
+    n, c, h, w = x.shape
+    buf = xp.full(
+        (n, c, h + g.top + g.bottom, w + g.left + g.right), value, dtype=x.dtype, device=x.device
+    )
+    buf[:, :, g.top : g.top + h, g.left : g.left + w] = x
+    return buf
+
+
+def _window_slice(g: Geometry, i: int, j: int):
+    # Stops stay in bounds (i + s*(OH-1) + 1): NumPy clips silently, strict does not.
+    return (
+        slice(None),
+        slice(None),
+        slice(i, i + g.sh * (g.oh - 1) + 1, g.sh),
+        slice(j, j + g.sw * (g.ow - 1) + 1, g.sw),
+    )
+
+
+def windows(xpad, g: Geometry):
+    """Stack every window offset of a padded input: (N, C, kh*kw, OH, OW).
+
+    One strided-slice copy per kernel offset (kh*kw of them), never one per output pixel.
+    """
+    xp = namespace(xpad)
+    return xp.stack(
+        [xpad[_window_slice(g, i, j)] for i in range(g.kh) for j in range(g.kw)], axis=2
+    )
+
+
+def scatter_windows(dwin, g: Geometry, input_shape):
+    """Adjoint of :func:`pad` then :func:`windows`: sum (N, C, kh*kw, OH, OW) back onto x.
+
+    Overlapping windows add up; pixels no window covers (stride leaving a border) get zero.
+    """
+    xp = namespace(dwin)
+    n, c, h, w = input_shape
+    hp, wp = h + g.top + g.bottom, w + g.left + g.right
+    buf = xp.zeros((n, c, hp, wp), dtype=dwin.dtype, device=dwin.device)
+    k = 0
+    for i in range(g.kh):
+        for j in range(g.kw):
+            key = _window_slice(g, i, j)
+            buf[key] = buf[key] + dwin[:, :, k, ...]
+            k += 1
+    if hp == h and wp == w:
+        return buf
+    return buf[:, :, g.top : g.top + h, g.left : g.left + w]
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold every receptive field of ``x`` into a column.
+
+    Args:
+        x: (N, C, H, W) input.
+        kernel_size, stride, padding: as in :func:`geometry`.
+
+    Returns:
+        cols: (N, C*kh*kw, OH*OW), zero padding included.
+    """
+    check_nchw(x)
+    n, c, h, w = x.shape
+    g = geometry((h, w), kernel_size, stride, padding)
+    return _cols(x, g)
+
+
+def _cols(x, g: Geometry):
+    xp = namespace(x)
+    n, c = x.shape[:2]
+    return xp.reshape(windows(pad(x, g), g), (n, c * g.window, g.oh * g.ow))
+
+
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
+    """Fold columns back onto an image, summing overlaps: the exact adjoint of :func:`im2col`.
+
+    Args:
+        cols: (N, C*kh*kw, OH*OW).
+        input_shape: (N, C, H, W) of the image ``im2col`` was applied to.
+
+    Returns:
+        (N, C, H, W) with ``<im2col(x), cols> == <x, col2im(cols)>`` for every x.
+    """
+    n, c, h, w = input_shape
+    g = geometry((h, w), kernel_size, stride, padding)
+    expected = (n, c * g.window, g.oh * g.ow)
+    if tuple(cols.shape) != expected:
+        raise ValueError(f"cols has shape {tuple(cols.shape)}, expected {expected} for this input")
+    return _fold(cols, g, input_shape)
+
+
+def _fold(cols, g: Geometry, input_shape):
+    xp = namespace(cols)
+    n, c = input_shape[:2]
+    return scatter_windows(xp.reshape(cols, (n, c, g.window, g.oh, g.ow)), g, input_shape)

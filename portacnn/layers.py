@@ -1,0 +1,487 @@
+"""Layers: thin classes that hold parameters, gradients and the forward cache.
+
+The math lives in :mod:`portacnn.kernels`; a layer only keeps what backward needs. Every layer
+has ``forward(x)``, ``backward(dy) -> dx`` and the dicts ``params`` / ``grads`` (keys
+``"weight"`` / ``"bias"``). Shapes follow PyTorch: inputs NCHW, conv weight
+``(out_channels, in_channels, kh, kw)``, dense weight ``(out_features, in_features)``.
+
+A layer whose input size is not given is built on its first ``forward`` (or by
+:class:`portacnn.Sequential` from ``input_shape``), on the backend of that input:
+
+    >>> conv = Conv2D(6, 5, padding=2, in_channels=1, seed=0)   # built now, on the CPU
+    >>> dense = Dense(10)                                      # built when it first sees x
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import kernels as K
+from .kernels.im2col import check_nchw, check_padding, geometry, kernel_pair, stride_pair
+from .runtime import Backend, PortableRNG, backend_of, get_backend
+
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "Flatten", "ReLU", "Tanh",
+           "Sigmoid", "Dropout", "LAYERS"]
+
+
+class Layer:
+    """Base class. Subclasses implement ``_build``, ``output_shape``, ``_forward``,
+    ``_backward`` and ``get_config``.
+
+    Attributes:
+        params, grads: parameter and gradient arrays by name (empty for parameter-free layers).
+        buffers: non-trained state saved with the model (e.g. running statistics).
+        training: True in training mode (dropout active), False after ``eval()``.
+        need_input_grad: False for a network's first layer, which then skips computing dx.
+    """
+
+    def __init__(self, *, dtype: str = "float32", name: str | None = None):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype_name = dtype
+        self.name = name or type(self).__name__
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.buffers: dict = {}
+        self.training = True
+        self.need_input_grad = True
+        self.backend: Backend | None = None
+        self.input_shape: tuple | None = None   # per sample, without the batch axis
+        self._cache = None
+
+    # --- building -------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        return self.backend is not None
+
+    def build(self, input_shape, backend=None, rng: PortableRNG | None = None) -> tuple:
+        """Create parameters for per-sample ``input_shape`` on ``backend``; return output shape."""
+        backend = get_backend(backend)
+        input_shape = tuple(None if d is None else int(d) for d in input_shape)
+        out = self.output_shape(input_shape)        # validates before allocating anything
+        self.backend = backend
+        self.input_shape = input_shape
+        self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
+        return out
+
+    def _build(self, input_shape, rng: PortableRNG) -> None:
+        pass
+
+    def output_shape(self, input_shape) -> tuple:
+        """Per-sample output shape for a per-sample ``input_shape`` (batch axis excluded)."""
+        return tuple(input_shape)
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def dtype(self):
+        return self.backend.dtype(self.dtype_name)
+
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(math.prod(p.shape) for p in self.params.values())
+
+    # --- modes and devices ----------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Layer":
+        self.training = mode
+        return self
+
+    def eval(self) -> "Layer":
+        return self.train(False)
+
+    def to(self, device) -> "Layer":
+        """Move parameters, gradients and buffers to another backend (a copy via the host)."""
+        backend = get_backend(device)
+        for store in (self.params, self.grads, self.buffers):
+            for key, value in store.items():
+                store[key] = backend.asarray(value)
+        if self.built:
+            self.backend = backend
+        self._cache = None
+        return self
+
+    # --- forward / backward ---------------------------------------------------------------
+    def forward(self, x):
+        """Compute the layer's output for a batch ``x`` (batch axis first)."""
+        if not self.built:
+            self.build(tuple(x.shape[1:]), backend_of(x))
+        else:
+            self.backend.check(x, f"the input to {self.name}")
+            expected = self.input_shape
+            if tuple(x.shape[1:]) != expected and self._strict_shape:
+                raise ValueError(
+                    f"{self.name} was built for inputs of shape (N, {', '.join(map(str, expected))}) "
+                    f"but got {tuple(x.shape)}"
+                )
+        if self.params and x.dtype != self.dtype:
+            raise TypeError(
+                f"{self.name} holds {self.dtype_name} parameters but the input is {x.dtype}: "
+                f"cast the input with xp.astype(x, xp.{self.dtype_name}) or build the layer with "
+                f"dtype='{x.dtype}'"
+            )
+        return self._forward(x)
+
+    _strict_shape = True
+
+    def backward(self, dy):
+        """Given dL/dy, store parameter gradients in ``grads`` and return dL/dx."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}.backward called before forward in training mode")
+        return self._backward(dy)
+
+    __call__ = forward
+
+    def get_config(self) -> dict:
+        """Constructor arguments as JSON-able values (used by checkpoints)."""
+        return {"dtype": self.dtype_name, "name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+def _maybe_build_now(layer: Layer, input_shape, device, seed) -> None:
+    if input_shape is not None:
+        layer.build(input_shape, get_backend(device), get_backend(device).rng(seed))
+
+
+class Conv2D(Layer):
+    """2-D convolution with zero padding.
+
+    Args:
+        out_channels: number of filters F.
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw), default 1.
+        padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
+            :mod:`portacnn.kernels.im2col`).
+        in_channels: C; if given, the layer is built at once on ``device``.
+        bias: learn a per-filter bias (zeros at init).
+        init: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        device, seed: backend and seed of the initial weights when built at once.
+
+    Shapes: x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C, kh, kw); bias (F,).
+    """
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, *, in_channels=None,
+                 bias: bool = True, init: str = "glorot", dtype: str = "float32", device=None,
+                 seed=None, name=None):
+        super().__init__(dtype=dtype, name=name)
+        if not isinstance(out_channels, int) or out_channels <= 0:
+            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
+        self.out_channels = out_channels
+        self.kernel_size = kernel_pair(kernel_size)
+        self.stride = stride_pair(stride)
+        check_padding(padding)
+        self.padding = padding if isinstance(padding, str) else tuple(
+            padding if isinstance(padding, (tuple, list)) else (padding, padding))
+        self.in_channels = in_channels
+        self.use_bias = bias
+        self.init = init
+        self.seed = seed
+        _maybe_build_now(self, None if in_channels is None else (in_channels, None, None),
+                         device, seed)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name} expects (C, H, W) inputs, got {tuple(input_shape)}")
+        c, h, w = input_shape
+        if self.in_channels is not None and c != self.in_channels:
+            raise ValueError(f"{self.name} expects {self.in_channels} input channel(s), got {c}")
+        if h is None:
+            return (self.out_channels, None, None)
+        g = geometry((h, w), self.kernel_size, self.stride, self.padding)
+        return (self.out_channels, g.oh, g.ow)
+
+    def build(self, input_shape, backend=None, rng=None):
+        out = super().build(input_shape, backend, rng)
+        if input_shape[1] is None:     # built from in_channels alone: any H, W accepted
+            self.input_shape = None
+        return out
+
+    @property
+    def _strict_shape(self):
+        return self.input_shape is not None
+
+    def _build(self, input_shape, rng):
+        c = input_shape[0]
+        self.in_channels = c
+        kh, kw = self.kernel_size
+        fan_in, fan_out = c * kh * kw, self.out_channels * kh * kw
+        shape = (self.out_channels, c, kh, kw)
+        self.params["weight"] = _init_weight(rng, shape, fan_in, fan_out, self.init, self.dtype_name)
+        if self.use_bias:
+            self.params["bias"] = self.xp.zeros((self.out_channels,), dtype=self.dtype,
+                                                device=self.backend.device)
+
+    def forward(self, x):
+        if x.ndim != 4:
+            check_nchw(x, f"the input to {self.name}")
+        if self.built and x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{self.name} expects {self.in_channels} input channel(s) but the input has "
+                f"{x.shape[1]} (shape {tuple(x.shape)}, NCHW)"
+            )
+        return super().forward(x)
+
+    def _forward(self, x):
+        y, cache = K.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                    self.stride, self.padding)
+        self._cache = cache if self.training else None
+        return y
+
+    def _backward(self, dy):
+        dx, dw, db = K.conv2d_backward(dy, self.params["weight"], self._cache,
+                                       need_dx=self.need_input_grad)
+        self.grads["weight"] = dw
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
+
+    def get_config(self):
+        return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "in_channels": self.in_channels, "bias": self.use_bias, "init": self.init,
+                **super().get_config()}
+
+
+def _init_weight(rng: PortableRNG, shape, fan_in, fan_out, init, dtype):
+    if init == "he":
+        return rng.normal(shape, std=math.sqrt(2.0 / fan_in), dtype=dtype)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(shape, -limit, limit, dtype=dtype)
+
+
+class _Pool2D(Layer):
+    _forward_fn = None
+    _backward_fn = None
+
+    def __init__(self, kernel_size=2, stride=None, padding=0, *, dtype="float32", name=None):
+        super().__init__(dtype=dtype, name=name)
+        self.kernel_size = kernel_pair(kernel_size)
+        self.stride = self.kernel_size if stride is None else stride_pair(stride)
+        check_padding(padding)
+        self.padding = padding if isinstance(padding, str) else tuple(
+            padding if isinstance(padding, (tuple, list)) else (padding, padding))
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name} expects (C, H, W) inputs, got {tuple(input_shape)}")
+        c, h, w = input_shape
+        g = geometry((h, w), self.kernel_size, self.stride, self.padding)
+        return (c, g.oh, g.ow)
+
+    _strict_shape = False
+
+    def forward(self, x):
+        check_nchw(x, f"the input to {self.name}")
+        return super().forward(x)
+
+    def _forward(self, x):
+        y, cache = type(self)._forward_fn(x, self.kernel_size, self.stride, self.padding)
+        self._cache = cache if self.training else None
+        return y
+
+    def _backward(self, dy):
+        return type(self)._backward_fn(dy, self._cache)
+
+    def get_config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                **super().get_config()}
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling (pads with -inf). Gradient goes to the first maximum of each window.
+
+    Args: kernel_size (int or pair, default 2), stride (default: the kernel size), padding.
+    Shapes: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    _forward_fn = staticmethod(K.max_pool2d_forward)
+    _backward_fn = staticmethod(K.max_pool2d_backward)
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (zero padding counted in the mean, like PyTorch's default).
+
+    Args: kernel_size (int or pair, default 2), stride (default: the kernel size), padding.
+    Shapes: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    _forward_fn = staticmethod(K.avg_pool2d_forward)
+    _backward_fn = staticmethod(K.avg_pool2d_backward)
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x W^T + b``.
+
+    Args:
+        out_features: output width.
+        in_features: input width; if given, the layer is built at once on ``device``.
+        bias, init, dtype, device, seed: as for :class:`Conv2D`.
+
+    Shapes: x (N, in_features) -> y (N, out_features); weight (out_features, in_features).
+    """
+
+    def __init__(self, out_features: int, *, in_features=None, bias: bool = True,
+                 init: str = "glorot", dtype: str = "float32", device=None, seed=None, name=None):
+        super().__init__(dtype=dtype, name=name)
+        if not isinstance(out_features, int) or out_features <= 0:
+            raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
+        self.out_features = out_features
+        self.in_features = in_features
+        self.use_bias = bias
+        self.init = init
+        self.seed = seed
+        _maybe_build_now(self, None if in_features is None else (in_features,), device, seed)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{self.name} expects flat (features,) inputs, got {tuple(input_shape)}: "
+                "put a Flatten layer before it"
+            )
+        if self.in_features is not None and input_shape[0] != self.in_features:
+            raise ValueError(
+                f"{self.name} expects {self.in_features} input features, got {input_shape[0]}"
+            )
+        return (self.out_features,)
+
+    def _build(self, input_shape, rng):
+        self.in_features = input_shape[0]
+        shape = (self.out_features, self.in_features)
+        self.params["weight"] = _init_weight(rng, shape, self.in_features, self.out_features,
+                                             self.init, self.dtype_name)
+        if self.use_bias:
+            self.params["bias"] = self.xp.zeros((self.out_features,), dtype=self.dtype,
+                                                device=self.backend.device)
+
+    def forward(self, x):
+        if x.ndim != 2:
+            raise ValueError(
+                f"{self.name} expects a 2-D input (N, features), got shape {tuple(x.shape)}: "
+                "put a Flatten layer before it"
+            )
+        return super().forward(x)
+
+    def _forward(self, x):
+        self._cache = x if self.training else None
+        return K.dense_forward(x, self.params["weight"], self.params.get("bias"))
+
+    def _backward(self, dy):
+        dx, dw, db = K.dense_backward(dy, self._cache, self.params["weight"],
+                                      need_dx=self.need_input_grad)
+        self.grads["weight"] = dw
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
+
+    def get_config(self):
+        return {"out_features": self.out_features, "in_features": self.in_features,
+                "bias": self.use_bias, "init": self.init, **super().get_config()}
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), row-major (as ``torch.flatten(x, 1)``)."""
+
+    _strict_shape = False
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def _forward(self, x):
+        self._cache = tuple(x.shape)
+        return self.xp.reshape(x, (x.shape[0], -1))
+
+    def _backward(self, dy):
+        return self.xp.reshape(dy, self._cache)
+
+
+class _Activation(Layer):
+    _strict_shape = False
+    _fn = _grad = None
+    _keeps_output = True     # tanh/sigmoid: derivative from y; relu: from x
+
+    def _forward(self, x):
+        y = type(self)._fn(x)
+        if self.training:
+            self._cache = y if self._keeps_output else x
+        return y
+
+    def _backward(self, dy):
+        return type(self)._grad(dy, self._cache)
+
+
+class ReLU(_Activation):
+    """``max(x, 0)`` elementwise; any input shape."""
+
+    _fn = staticmethod(K.relu)
+    _grad = staticmethod(K.relu_backward)
+    _keeps_output = False
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent elementwise; any input shape."""
+
+    _fn = staticmethod(K.tanh)
+    _grad = staticmethod(K.tanh_backward)
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid elementwise (overflow-free); any input shape."""
+
+    _fn = staticmethod(K.sigmoid)
+    _grad = staticmethod(K.sigmoid_backward)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each unit with probability ``p`` and scale the rest
+    by ``1/(1-p)``; in eval mode, the identity.
+
+    Masks are drawn from the portable RNG (on the host, then moved), so a seeded run drops
+    the same units on every backend.
+    """
+
+    _strict_shape = False
+
+    def __init__(self, p: float = 0.5, *, seed=None, dtype="float32", name=None):
+        super().__init__(dtype=dtype, name=name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.seed = seed
+        self._rng = None
+
+    def _build(self, input_shape, rng):
+        self._rng = rng
+
+    def _forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._cache = "identity"
+            return x
+        if self._rng is None:
+            self._rng = self.backend.rng(self.seed)
+        draws = self._rng.uniform(tuple(x.shape), dtype=x.dtype)
+        mask = self.xp.astype(draws >= self.p, x.dtype)
+        self._cache = mask
+        return K.dropout_forward(x, mask, self.p)
+
+    def _backward(self, dy):
+        if isinstance(self._cache, str):
+            return dy
+        return K.dropout_backward(dy, self._cache, self.p)
+
+    def get_config(self):
+        return {"p": self.p, "seed": self.seed, **super().get_config()}
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, ReLU, Tanh,
+                                        Sigmoid, Dropout)}

@@ -1,0 +1,177 @@
+"""Naive loop implementations, straight from the definitions: readable, slow, and the test
+oracles for the fast kernels in :mod:`portacnn.kernels`.
+
+These run on host NumPy arrays only (they index one pixel at a time) and work out their own
+padding and output sizes, so they share no code with the kernels they check. Loops name what
+they walk: ``n`` sample, ``f`` filter, ``c`` channel, ``i, j`` output pixel, ``u, v`` kernel tap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_pool2d_backward",
+           "avg_pool2d", "avg_pool2d_backward", "dense", "dense_backward",
+           "softmax_cross_entropy", "mse"]
+
+
+def _two(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def pads(size, k, s, padding):
+    """(before, after) padding of one axis. ``"same"``: output ceil(size / s), extra at the end."""
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        return total // 2, total - total // 2
+    return padding, padding
+
+
+def _padded(x, kh, kw, stride, padding, fill=0.0):
+    sh, sw = _two(stride)
+    ph, pw = (padding, padding) if isinstance(padding, str) else _two(padding)
+    n, c, h, w = x.shape
+    top, bottom = pads(h, kh, sh, ph)
+    left, right = pads(w, kw, sw, pw)
+    xp = np.full((n, c, h + top + bottom, w + left + right), fill, dtype=x.dtype)
+    xp[:, :, top:top + h, left:left + w] = x
+    oh = (h + top + bottom - kh) // sh + 1
+    ow = (w + left + right - kw) // sw + 1
+    return xp, (top, left), (sh, sw), (oh, ow)
+
+
+def conv2d(x, weight, bias, stride=1, padding=0):
+    """y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c, i*sh + u, j*sw + v]."""
+    f_out, _, kh, kw = weight.shape
+    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    y = np.zeros((x.shape[0], f_out, oh, ow), dtype=x.dtype)
+    for n in range(x.shape[0]):
+        for f in range(f_out):
+            for i in range(oh):
+                for j in range(ow):
+                    patch = xp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    y[n, f, i, j] = np.sum(patch * weight[f]) + (0 if bias is None else bias[f])
+    return y
+
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0):
+    """(dx, dw, db) by accumulating every output pixel's contribution, one at a time."""
+    f_out, _, kh, kw = weight.shape
+    xp, (top, left), (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(weight)
+    for n in range(x.shape[0]):
+        for f in range(f_out):
+            for i in range(oh):
+                for j in range(ow):
+                    g = dy[n, f, i, j]
+                    dw[f] += g * xp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    dxp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += g * weight[f]
+    h, w = x.shape[2:]
+    return dxp[:, :, top:top + h, left:left + w], dw, dy.sum(axis=(0, 2, 3))
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """cols[n, c*kh*kw + u*kw + v, i*OW + j] = xpad[n, c, i*sh + u, j*sw + v]."""
+    kh, kw = _two(kernel_size)
+    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    n_, c_ = x.shape[:2]
+    cols = np.zeros((n_, c_ * kh * kw, oh * ow), dtype=x.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            for u in range(kh):
+                for v in range(kw):
+                    for i in range(oh):
+                        for j in range(ow):
+                            cols[n, c * kh * kw + u * kw + v, i * ow + j] = xp[n, c, i * sh + u, j * sw + v]
+    return cols
+
+
+def _pool(x, kernel_size, stride, padding, fill, reduce):
+    kh, kw = _two(kernel_size)
+    stride = (kh, kw) if stride is None else stride
+    xp, offsets, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, fill)
+    y = np.zeros(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(oh):
+                for j in range(ow):
+                    y[n, c, i, j] = reduce(xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw])
+    return y, xp, offsets, (sh, sw), (kh, kw)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """y[n, c, i, j] = max of the window (padding is -inf)."""
+    return _pool(x, kernel_size, stride, padding, -np.inf, np.max)[0]
+
+
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+    """Each dy goes to the first maximum of its window in row-major order."""
+    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, -np.inf, np.max)
+    dxp = np.zeros_like(xp)
+    for n in range(dy.shape[0]):
+        for c in range(dy.shape[1]):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    window = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    u, v = divmod(int(np.argmax(window)), kw)
+                    dxp[n, c, i * sh + u, j * sw + v] += dy[n, c, i, j]
+    h, w = x.shape[2:]
+    return dxp[:, :, top:top + h, left:left + w]
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """y[n, c, i, j] = mean of the window, zero padding included."""
+    return _pool(x, kernel_size, stride, padding, 0.0, np.mean)[0]
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+    """Each dy is shared equally by the kh*kw pixels of its window."""
+    _, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, 0.0, np.mean)
+    dxp = np.zeros_like(xp)
+    for n in range(dy.shape[0]):
+        for c in range(dy.shape[1]):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    dxp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[n, c, i, j] / (kh * kw)
+    h, w = x.shape[2:]
+    return dxp[:, :, top:top + h, left:left + w]
+
+
+def dense(x, weight, bias):
+    """y[n, o] = b[o] + sum_i w[o, i] x[n, i]."""
+    y = np.zeros((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    for n in range(x.shape[0]):
+        for o in range(weight.shape[0]):
+            y[n, o] = bias[o] + sum(weight[o, i] * x[n, i] for i in range(x.shape[1]))
+    return y
+
+
+def dense_backward(dy, x, weight):
+    """(dx, dw, db) summed sample by sample."""
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(weight)
+    for n in range(x.shape[0]):
+        dx[n] = weight.T @ dy[n]
+        dw += np.outer(dy[n], x[n])
+    return dx, dw, dy.sum(axis=0)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over samples of -log(softmax(logits)[label]), sample by sample."""
+    total = 0.0
+    for row, label in zip(logits, labels):
+        m = max(row)
+        log_z = m + math.log(sum(math.exp(v - m) for v in row))
+        total += log_z - row[int(label)]
+    return total / len(labels)
+
+
+def mse(pred, target):
+    """Mean of the squared differences."""
+    return float(np.mean((np.asarray(pred) - np.asarray(target)) ** 2))

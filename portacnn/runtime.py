@@ -1,0 +1,319 @@
+"""Backend selection: the only module in portacnn that knows which array libraries exist.
+
+Everything else receives an array-API namespace (``xp``) from here, or infers it from its
+inputs with :func:`namespace`, and never imports numpy or cupy to compute.
+
+    >>> from portacnn.runtime import get_backend
+    >>> be = get_backend("cpu")          # NumPy; "gpu" / "cuda:1" give CuPy
+    >>> x = be.asarray([[1.0, 2.0]])     # on the backend's device
+    >>> be.to_numpy(x * 2)
+    array([[2., 4.]])
+
+Device strings: ``"cpu"`` (NumPy), ``"gpu"`` / ``"cuda"`` / ``"cuda:N"`` (CuPy on device N), or a
+namespace name for tests and advanced use: ``"numpy"``, ``"cupy"``, ``"torch"``,
+``"array_api_strict"``. ``get_backend(None)`` reads ``$PORTACNN_DEVICE`` (default ``"cpu"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np  # host side only: random draws and conversions, never kernels
+import array_api_compat
+
+__all__ = [
+    "Backend",
+    "DeviceError",
+    "backend_of",
+    "to_numpy",
+    "PortableRNG",
+    "get_backend",
+    "namespace",
+    "VALID_DEVICES",
+]
+
+VALID_DEVICES = ("cpu", "gpu", "cuda", "cuda:N", "numpy", "cupy", "torch", "array_api_strict")
+ENV_VAR = "PORTACNN_DEVICE"
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that cannot be used here (unknown name, missing library, no GPU)."""
+
+
+class PortableRNG:
+    """A seeded random generator whose draws are identical on every backend.
+
+    Numbers are drawn on the host with ``numpy.random.Generator(PCG64(seed))`` and moved to the
+    backend's device once, so the same seed gives the same weights on NumPy, CuPy, torch and
+    array_api_strict (the standard itself has no random numbers).
+    """
+
+    def __init__(self, backend: "Backend", seed: int | None = None):
+        self.backend = backend
+        self.seed = seed
+        self.host = np.random.default_rng(seed)
+
+    def normal(self, shape, std: float = 1.0, dtype=None):
+        """Normal(0, std) samples of ``shape`` on the backend's device."""
+        return self.backend.asarray(self.host.normal(0.0, std, size=shape), dtype=dtype)
+
+    def uniform(self, shape, low: float = 0.0, high: float = 1.0, dtype=None):
+        """Uniform[low, high) samples of ``shape`` on the backend's device."""
+        return self.backend.asarray(self.host.uniform(low, high, size=shape), dtype=dtype)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """A permutation of ``range(n)`` as a host NumPy array (used to shuffle batches)."""
+        return self.host.permutation(n)
+
+
+class Backend:
+    """An array-API namespace and a device, with the few helpers portacnn needs.
+
+    Attributes:
+        name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"`` or the module name.
+        xp: the array-API-compatible namespace (``array_api_compat.numpy`` for NumPy).
+        device: the device arrays are created on (``"cpu"`` for NumPy, a ``cupy.cuda.Device``...).
+    """
+
+    def __init__(self, name: str, xp: ModuleType, device: Any, native: ModuleType | None = None):
+        self.name = name
+        self.xp = xp
+        self.device = device
+        self._native = native
+        self._array_type = type(xp.empty(0, device=device))
+        self._one_device = name == "numpy"
+
+    def __repr__(self) -> str:
+        return f"Backend(name={self.name!r}, device={self.device!r})"
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, Backend)
+            and other.xp is self.xp
+            and str(other.device) == str(self.device)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, str(self.device)))
+
+    @property
+    def description(self) -> str:
+        """A one-line human description, e.g. ``"numpy 2.1.0 on cpu"``."""
+        version = getattr(self._native, "__version__", "") if self._native else ""
+        return f"{self.name} {version} on {self.device}".replace("  ", " ")
+
+    def dtype(self, dtype):
+        """Resolve ``"float32"`` / ``"float64"`` (or a dtype of this namespace) to a dtype."""
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "float64"):
+                raise ValueError(f"unsupported dtype {dtype!r}: use 'float32' or 'float64'")
+            return getattr(self.xp, dtype)
+        return dtype
+
+    def check(self, x, what: str = "the input") -> None:
+        """Raise ``TypeError`` unless ``x`` is an array of this backend on its device.
+
+        The message names both sides and how to move the array, e.g. "the model is on cupy
+        (cuda:0) but the input is a numpy array on cpu: pass it through model.backend.asarray".
+        """
+        if type(x) is self._array_type and (self._one_device or str(x.device) == str(self.device)):
+            return
+        if not self.owns(x):
+            raise TypeError(
+                f"{what} is a {_describe(x)} but the model is on {self.name} ({self.device}): "
+                "move it with model.backend.asarray(x) (or portacnn.get_backend(...).asarray)"
+            )
+
+    def owns(self, x) -> bool:
+        """True if ``x`` is an array of this backend's namespace on its device."""
+        try:
+            xp = array_api_compat.array_namespace(x)
+        except TypeError:
+            return False
+        return xp is self.xp and str(array_api_compat.device(x)) == str(self.device)
+
+    def asarray(self, x, dtype=None):
+        """Return ``x`` (a host array, list, or an array of any backend) on this device.
+
+        ``dtype`` may be a string (``"float32"``) or a dtype of this namespace. Arrays already
+        on this backend are returned without a copy when the dtype matches.
+        """
+        dtype = self.dtype(dtype) if dtype is not None else None
+        if not self.owns(x) and _is_foreign_array(x):
+            x = to_numpy(x)
+        return self.xp.asarray(x, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """Copy an array of any backend to a host NumPy array."""
+        return to_numpy(x)
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""
+        if self.name == "cupy":
+            self._native.cuda.Device(self.device.id).synchronize()
+        elif self.name == "torch" and getattr(self.device, "type", "cpu") == "cuda":
+            self._native.cuda.synchronize(self.device)
+
+    def rng(self, seed: int | None = None) -> PortableRNG:
+        """A :class:`PortableRNG` seeded with ``seed`` drawing onto this backend."""
+        return PortableRNG(self, seed)
+
+
+def backend_of(x) -> Backend:
+    """The :class:`Backend` an existing array lives on (its namespace and device)."""
+    xp = namespace(x)
+    name = _short_name(xp).split(".")[0]
+    if name == "cupy":
+        return _cupy_backend(x.device.id)
+    if name not in ("numpy", "torch", "array_api_strict"):
+        return Backend(name, xp, array_api_compat.device(x))
+    return _namespace_backend(name, None if name == "numpy" else array_api_compat.device(x))
+
+
+def _is_foreign_array(x) -> bool:
+    return not isinstance(x, (list, tuple, int, float)) and (
+        hasattr(x, "__array_namespace__") or array_api_compat.is_array_api_obj(x)
+    )
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy an array of any supported backend (or a Python sequence) to host NumPy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "__dlpack__"):
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
+def namespace(*arrays):
+    """The array-API namespace of ``arrays``, with an error that says how to fix mixed inputs.
+
+    Kernels call this to infer ``xp`` from their inputs. Arrays from two libraries (a NumPy
+    batch and CuPy weights) or on two devices raise a ``TypeError`` that names both.
+    """
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({_describe(a) for a in arrays if a is not None})
+        raise TypeError(
+            f"arrays from different libraries were mixed ({' and '.join(kinds)}); "
+            "move them to one backend first, e.g. with model.backend.asarray(x)"
+        ) from exc
+    devices = {str(array_api_compat.device(a)) for a in arrays if a is not None}
+    if len(devices) > 1:
+        raise TypeError(
+            f"arrays on different devices were mixed ({', '.join(sorted(devices))}); "
+            "move them to one device first, e.g. with model.backend.asarray(x)"
+        )
+    return xp
+
+
+def _describe(x) -> str:
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        return type(x).__name__
+    return f"{_short_name(xp)} array on {array_api_compat.device(x)}"
+
+
+def _short_name(xp) -> str:
+    name = xp.__name__
+    return name.removeprefix("array_api_compat.")
+
+
+def describe_array(x) -> str:
+    """``"numpy array on cpu"`` style description of an array, for error messages."""
+    return _describe(x)
+
+
+def _import(module: str, install_hint: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DeviceError(f"{module} is not installed: {install_hint}") from exc
+
+
+def _cupy_backend(index: int) -> Backend:
+    cupy = _import("cupy", 'install the GPU extra with pip install "portacnn[gpu]" (CUDA 12)')
+    try:
+        available = cupy.cuda.is_available()
+        count = cupy.cuda.runtime.getDeviceCount() if available else 0
+    except Exception:  # a missing driver raises CUDARuntimeError here
+        available, count = False, 0
+    if not available or count == 0:
+        raise DeviceError(
+            "CuPy is installed but no usable CUDA device was found (no GPU, or no NVIDIA "
+            "driver): use device='cpu', or run on a machine with a CUDA GPU"
+        )
+    if not 0 <= index < count:
+        raise DeviceError(f"cuda:{index} does not exist: this machine has {count} CUDA device(s)")
+    device = cupy.cuda.Device(index)
+    with device:
+        xp = array_api_compat.array_namespace(cupy.empty(0))
+    return Backend("cupy", xp, device, native=cupy)
+
+
+def _namespace_backend(name: str, device=None) -> Backend:
+    if name == "numpy":
+        return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu", native=np)
+    if name == "array_api_strict":
+        strict = _import("array_api_strict", "pip install array-api-strict")
+        dev = device if device is not None else strict.Device("CPU_DEVICE")
+        return Backend("array_api_strict", strict, dev, native=strict)
+    if name == "torch":
+        torch = _import("torch", "pip install torch (an optional backend)")
+        dev = torch.device(device if device is not None else "cpu")
+        xp = array_api_compat.array_namespace(torch.empty(0))
+        return Backend("torch", xp, dev, native=torch)
+    if name == "cupy":
+        return _cupy_backend(0 if device is None else int(getattr(device, "id", device)))
+    raise AssertionError(name)
+
+
+def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -> Backend:
+    """Return the :class:`Backend` for a device string, a namespace, or its name.
+
+    Args:
+        spec: ``"cpu"``, ``"gpu"``, ``"cuda"``, ``"cuda:N"``, a namespace name (``"numpy"``,
+            ``"cupy"``, ``"torch"``, ``"array_api_strict"``), an array-API module, an existing
+            ``Backend`` (returned as is), or ``None`` to read ``$PORTACNN_DEVICE`` (default
+            ``"cpu"``).
+        device: for namespace names only, the device within that namespace (e.g.
+            ``array_api_strict.Device("device1")``).
+
+    Raises:
+        DeviceError: for an unknown string, a missing library (``"gpu"`` without CuPy names
+            ``pip install "portacnn[gpu]"``), or CuPy without a usable CUDA device.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        spec = os.environ.get(ENV_VAR, "cpu") or "cpu"
+    if isinstance(spec, ModuleType):
+        name = _short_name(spec).split(".")[0]
+        if name not in ("numpy", "cupy", "torch", "array_api_strict"):
+            raise DeviceError(f"unsupported array namespace {spec.__name__!r}; valid: "
+                              "numpy, cupy, torch, array_api_strict")
+        return _namespace_backend(name, device)
+    if not isinstance(spec, str):
+        raise DeviceError(f"device must be a string such as 'cpu' or 'gpu', got {spec!r}")
+    key = spec.strip().lower()
+    if key == "cpu":
+        return _namespace_backend("numpy")
+    if key in ("gpu", "cuda"):
+        return _cupy_backend(0)
+    if key.startswith("cuda:") and key[5:].isdigit():
+        return _cupy_backend(int(key[5:]))
+    if key in ("numpy", "cupy", "torch", "array_api_strict"):
+        return _namespace_backend(key, device)
+    raise DeviceError(
+        f"unknown device {spec!r}; valid devices: {', '.join(VALID_DEVICES)}"
+        + (f" (set by ${ENV_VAR})" if os.environ.get(ENV_VAR) == spec else "")
+    )

@@ -1,0 +1,73 @@
+"""Shared fixtures: one ``backend`` fixture over every namespace portacnn supports.
+
+numpy and array_api_strict always run (strict, pinned to the 2024.12 standard, proves the code
+uses only the standard; its ``device1`` run catches arrays created on the default device).
+torch runs where installed; cupy only where a CUDA device is usable, otherwise it skips with
+the reason. ``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from portacnn.runtime import get_backend
+
+try:
+    import array_api_strict
+
+    array_api_strict.set_array_api_strict_flags(api_version="2024.12")
+except ImportError:  # pragma: no cover - it is in the test extra
+    array_api_strict = None
+
+ALL_BACKENDS = ["numpy", "array_api_strict", "strict-device1", "torch", "cupy"]
+SELECTED = [b for b in os.environ.get("PORTACNN_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if b]
+
+
+def make_backend(name):
+    """Build the backend named in the test matrix, or skip the test with the reason."""
+    if name == "torch":
+        pytest.importorskip("torch", reason="torch is not installed (optional backend)")
+    if name == "cupy":
+        cupy = pytest.importorskip("cupy", reason="cupy is not installed", exc_type=ImportError)
+        try:
+            ok = cupy.cuda.is_available()
+        except Exception:
+            ok = False
+        if not ok:
+            pytest.skip("cupy is installed but no CUDA device is usable")
+    if name == "strict-device1":
+        return get_backend("array_api_strict", device=array_api_strict.Device("device1"))
+    return get_backend(name)
+
+
+@pytest.fixture(params=SELECTED)
+def backend(request):
+    """Every backend in the matrix (heavier tests use ``core_backend``)."""
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=[b for b in SELECTED if b != "strict-device1"])
+def core_backend(request):
+    """numpy, array_api_strict, torch, cupy: the matrix without the second strict device."""
+    return make_backend(request.param)
+
+
+TOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+def assert_close(actual, expected, dtype="float64", scale=None):
+    """Compare to a host reference with a tolerance relative to the reference's magnitude."""
+    from portacnn.runtime import to_numpy
+
+    actual = to_numpy(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    ref = scale if scale is not None else max(float(np.max(np.abs(expected), initial=0.0)), 1.0)
+    err = float(np.max(np.abs(actual - expected), initial=0.0)) / ref
+    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+@pytest.fixture
+def host_rng():
+    return np.random.default_rng(1234)

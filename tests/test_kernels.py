@@ -1,0 +1,219 @@
+"""Every kernel against the naive loop references, on every backend."""
+
+import numpy as np
+import pytest
+
+from portacnn import kernels as K
+from portacnn import reference as R
+from portacnn.kernels.im2col import geometry
+
+from conftest import assert_close
+
+# (input shape, kernel, stride, padding): strides 1-3, paddings 0/1/2/same/valid, rectangular
+# kernels, batch 1, and sizes the stride does not tile (border pixels no window covers).
+CASES = [
+    ((2, 3, 7, 8), 3, 1, 0),
+    ((1, 2, 9, 9), 3, 2, 1),
+    ((2, 1, 10, 7), (3, 2), 3, 2),
+    ((1, 3, 8, 8), (2, 3), (2, 1), "same"),
+    ((2, 2, 7, 9), 4, 3, "same"),
+    ((1, 2, 6, 5), (3, 1), 1, "valid"),
+    ((3, 2, 8, 6), 2, 3, 0),          # stride 3 over 8: last rows uncovered
+    ((1, 1, 5, 5), 5, 1, (1, 2)),
+]
+
+
+def _ids(case):
+    shape, k, s, p = case
+    return f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_im2col_matches_loops(backend, host_rng, case):
+    shape, k, s, p = case
+    x = host_rng.normal(size=shape)
+    assert_close(K.im2col(backend.asarray(x), k, s, p), R.im2col(x, k, s, p))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_col2im_is_adjoint_of_im2col(backend, host_rng, case):
+    shape, k, s, p = case
+    x = host_rng.normal(size=shape)
+    cols = K.im2col(backend.asarray(x), k, s, p)
+    g = host_rng.normal(size=tuple(cols.shape))
+    lhs = float(np.sum(backend.to_numpy(cols) * g))
+    rhs = float(np.sum(x * backend.to_numpy(K.col2im(backend.asarray(g), shape, k, s, p))))
+    assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv2d_forward_backward_match_loops(backend, host_rng, case):
+    shape, k, s, p = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = host_rng.normal(size=shape)
+    w = host_rng.normal(size=(4, shape[1], kh, kw))
+    b = host_rng.normal(size=4)
+    y, cache = K.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), s, p)
+    y_ref = R.conv2d(x, w, b, s, p)
+    assert_close(y, y_ref)
+    dy = host_rng.normal(size=y_ref.shape)
+    dx, dw, db = K.conv2d_backward(backend.asarray(dy), backend.asarray(w), cache)
+    rdx, rdw, rdb = R.conv2d_backward(dy, x, w, s, p)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+    assert_close(db, rdb)
+    no_dx, dw2, _ = K.conv2d_backward(backend.asarray(dy), backend.asarray(w), cache, need_dx=False)
+    assert no_dx is None
+    assert_close(dw2, rdw)
+
+
+def test_uncovered_border_gets_zero_gradient(host_rng):
+    x = host_rng.normal(size=(1, 1, 9, 9))
+    w = host_rng.normal(size=(1, 1, 2, 2))
+    y, cache = K.conv2d_forward(x, w, None, 3, 0)   # windows cover rows 0-1, 3-4, 6-7
+    dx, _, _ = K.conv2d_backward(np.ones(y.shape), w, cache)
+    for row in (2, 5, 8):                           # 8 is the border the stride leaves out
+        assert np.all(dx[0, 0, row, :] == 0) and np.all(dx[0, 0, :, row] == 0)
+    assert np.all(dx[0, 0, 0, [0, 1, 3, 4, 6, 7]] != 0)
+
+
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, None, 0),
+    ((1, 2, 7, 9), 3, 2, 1),
+    ((2, 1, 9, 7), (2, 3), (3, 1), 0),
+    ((1, 2, 6, 6), 3, 3, "same"),
+    ((2, 2, 10, 10), 3, 1, "valid"),
+]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+def test_pooling_matches_loops(backend, host_rng, kind, case):
+    shape, k, s, p = case
+    x = host_rng.normal(size=shape)
+    fwd, bwd = ((K.max_pool2d_forward, K.max_pool2d_backward) if kind == "max"
+                else (K.avg_pool2d_forward, K.avg_pool2d_backward))
+    ref_fwd, ref_bwd = ((R.max_pool2d, R.max_pool2d_backward) if kind == "max"
+                        else (R.avg_pool2d, R.avg_pool2d_backward))
+    y, cache = fwd(backend.asarray(x), k, s, p)
+    y_ref = ref_fwd(x, k, s, p)
+    assert_close(y, y_ref)
+    dy = host_rng.normal(size=y_ref.shape)
+    assert_close(bwd(backend.asarray(dy), cache), ref_bwd(dy, x, k, s, p))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_only(backend):
+    # After ReLU many windows tie at 0: the whole gradient goes to one element, the first.
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = 1.0                     # one window with a unique max, three all-tied
+    y, cache = K.max_pool2d_forward(backend.asarray(x), 2)
+    dx = backend.to_numpy(K.max_pool2d_backward(backend.asarray(np.ones((1, 1, 2, 2))), cache))
+    expected = np.zeros((4, 4))
+    expected[1, 1] = expected[0, 2] = expected[2, 0] = expected[2, 2] = 1.0
+    assert np.array_equal(dx[0, 0], expected)
+
+
+@pytest.mark.parametrize("n,i,o", [(1, 5, 3), (4, 7, 2)])
+def test_dense_matches_loops(backend, host_rng, n, i, o):
+    x, w, b = host_rng.normal(size=(n, i)), host_rng.normal(size=(o, i)), host_rng.normal(size=o)
+    y = K.dense_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b))
+    assert_close(y, R.dense(x, w, b))
+    dy = host_rng.normal(size=(n, o))
+    dx, dw, db = K.dense_backward(backend.asarray(dy), backend.asarray(x), backend.asarray(w))
+    for got, want in zip((dx, dw, db), R.dense_backward(dy, x, w)):
+        assert_close(got, want)
+
+
+def test_activations_values(backend):
+    x = backend.asarray([[-1000.0, -2.0, 0.0, 3.0, 1000.0]], dtype="float64")
+    xh = np.array([[-1000.0, -2.0, 0.0, 3.0, 1000.0]])
+    assert_close(K.relu(x), np.maximum(xh, 0), scale=1.0)
+    assert_close(K.tanh(x), np.tanh(xh))
+    sig = backend.to_numpy(K.sigmoid(x))
+    assert np.all(np.isfinite(sig))
+    assert_close(sig, [[0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0]])
+    dy = backend.asarray(np.ones((1, 5)))
+    assert_close(K.relu_backward(dy, x), [[0, 0, 0, 1, 1]])
+
+
+def test_softmax_stable_for_large_logits(backend):
+    logits = np.array([[1000.0, 1001.0, 1002.0], [-1000.0, 0.0, 1000.0]])
+    p = backend.to_numpy(K.softmax(backend.asarray(logits)))
+    shifted = np.array([[0.0, 1.0, 2.0]])
+    assert np.all(np.isfinite(p))
+    assert_close(p[0], (np.exp(shifted) / np.exp(shifted).sum())[0])
+    logp = backend.to_numpy(K.log_softmax(backend.asarray(logits)))
+    assert np.all(np.isfinite(logp))
+    assert_close(logp[1], [-2000.0, -1000.0, 0.0], scale=2000.0)
+
+
+def test_cross_entropy_integer_and_onehot(backend, host_rng):
+    logits = host_rng.normal(size=(5, 4)) * 10
+    labels = np.array([0, 3, 1, 1, 2])
+    loss, grad = K.softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels))
+    assert abs(float(loss) - R.softmax_cross_entropy(logits, labels)) < 1e-10
+    onehot = np.eye(4)[labels]
+    loss2, grad2 = K.softmax_cross_entropy(backend.asarray(logits), backend.asarray(onehot))
+    assert abs(float(loss2) - float(loss)) < 1e-12
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert_close(grad, (e / e.sum(axis=1, keepdims=True) - onehot) / 5)
+    assert_close(grad2, backend.to_numpy(grad))
+
+
+def test_mse_value_and_gradient(backend, host_rng):
+    p, t = host_rng.normal(size=(3, 4)), host_rng.normal(size=(3, 4))
+    loss, grad = K.mse(backend.asarray(p), backend.asarray(t))
+    assert abs(float(loss) - R.mse(p, t)) < 1e-12
+    assert_close(grad, 2 * (p - t) / p.size)
+
+
+def test_dropout_inverted_scaling(backend):
+    x = backend.asarray(np.full((2, 4), 3.0))
+    mask = backend.asarray(np.array([[1.0, 0, 1, 0], [0, 0, 1, 1]]))
+    assert_close(K.dropout_forward(x, mask, 0.5), [[6, 0, 6, 0], [0, 0, 6, 6]])
+    assert_close(K.dropout_backward(x, mask, 0.5), [[6, 0, 6, 0], [0, 0, 6, 6]])
+
+
+@pytest.mark.parametrize("h,k,s,expected", [(28, 5, 1, 28), (28, 5, 2, 14), (7, 3, 2, 4), (8, 2, 3, 3)])
+def test_same_padding_follows_tensorflow(h, k, s, expected):
+    g = geometry((h, h), k, s, "same")
+    assert g.oh == expected == -(-h // s)
+    assert g.top <= g.bottom <= g.top + 1
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_bad_inputs_have_clear_messages(host_rng):
+    x = host_rng.normal(size=(2, 3, 8, 8))
+    w = host_rng.normal(size=(4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"must be 4-D \(N, C, H, W\), got shape \(3, 8, 8\)"):
+        K.conv2d_forward(x[0], w)
+    with pytest.raises(ValueError, match=r"input has 2 channel\(s\) but the weight expects 3"):
+        K.conv2d_forward(x[:, :2], w)
+    with pytest.raises(ValueError, match=r"kernel 3x3 is larger than the padded input 2x2"):
+        K.conv2d_forward(x[:, :, :2, :2], w)
+    with pytest.raises(ValueError, match="stride must be a positive"):
+        K.conv2d_forward(x, w, stride=0)
+    with pytest.raises(ValueError, match="stride must be a positive"):
+        K.max_pool2d_forward(x, 2, stride=(1, -1))
+    with pytest.raises(ValueError, match="padding must be an int, a pair, 'same' or 'valid'"):
+        K.im2col(x, 3, 1, "full")
+    with pytest.raises(ValueError, match="padding must be non-negative"):
+        K.im2col(x, 3, 1, -1)
+    with pytest.raises(ValueError, match=r"cols has shape"):
+        K.col2im(host_rng.normal(size=(2, 5, 36)), (2, 3, 8, 8), 3)
+    with pytest.raises(ValueError, match="put a Flatten layer before Dense"):
+        K.dense_forward(x, host_rng.normal(size=(4, 3)))
+    with pytest.raises(ValueError, match="3 labels for a batch of 2"):
+        K.softmax_cross_entropy(host_rng.normal(size=(2, 4)), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="integer class labels expected"):
+        K.softmax_cross_entropy(host_rng.normal(size=(2, 4)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="mse: prediction shape"):
+        K.mse(np.ones((2, 3)), np.ones((3, 2)))
+
+
+def test_kernel_mixing_namespaces_is_caught():
+    import array_api_strict as strict
+
+    with pytest.raises(TypeError, match="arrays from different libraries were mixed"):
+        K.conv2d_forward(np.ones((1, 1, 4, 4)), strict.ones((1, 1, 2, 2)))

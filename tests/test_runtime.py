@@ -1,0 +1,116 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import portacnn
+from portacnn.runtime import DeviceError, backend_of, get_backend, namespace, to_numpy
+
+
+def test_import_portacnn_imports_no_optional_library():
+    code = ("import sys, portacnn; bad = [m for m in ('cupy', 'torch', 'matplotlib', 'tqdm') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cpu_is_numpy():
+    be = get_backend("cpu")
+    assert be.name == "numpy" and be.device == "cpu"
+    x = be.asarray([[1, 2]], dtype="float32")
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32
+
+
+def test_environment_default(monkeypatch):
+    monkeypatch.setenv("PORTACNN_DEVICE", "array_api_strict")
+    assert get_backend().name == "array_api_strict"
+    monkeypatch.setenv("PORTACNN_DEVICE", "tpu")
+    with pytest.raises(DeviceError, match=r"unknown device 'tpu'.*valid devices: cpu, gpu"):
+        get_backend()
+    monkeypatch.delenv("PORTACNN_DEVICE")
+    assert get_backend().name == "numpy"
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "metal", ""])
+def test_unknown_device_lists_valid_ones(spec):
+    with pytest.raises(DeviceError, match="valid devices: cpu, gpu, cuda, cuda:N"):
+        get_backend(spec)
+
+
+def test_gpu_without_cuda_says_what_to_do():
+    try:
+        import cupy  # noqa: F401
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if has_cupy:
+        try:
+            usable = cupy.cuda.is_available()
+        except Exception:
+            usable = False
+        if usable:
+            pytest.skip("a CUDA device is usable here: the error path cannot be exercised")
+        with pytest.raises(DeviceError, match="no usable CUDA device"):
+            get_backend("gpu")
+    else:
+        with pytest.raises(DeviceError, match=r'pip install "portacnn\[gpu\]"'):
+            get_backend("gpu")
+        with pytest.raises(DeviceError, match=r'pip install "portacnn\[gpu\]"'):
+            get_backend("cuda:1")
+
+
+def test_namespace_module_and_backend_passthrough():
+    import array_api_strict
+
+    be = get_backend(array_api_strict)
+    assert be.name == "array_api_strict"
+    assert get_backend(be) is be
+    with pytest.raises(DeviceError, match="unsupported array namespace"):
+        get_backend(os)
+
+
+def test_rng_draws_identical_on_every_backend(core_backend):
+    ref = get_backend("numpy").rng(7).normal((3, 4), dtype="float64")
+    got = core_backend.rng(7).normal((3, 4), dtype="float64")
+    assert np.array_equal(to_numpy(got), ref)
+    assert not np.array_equal(to_numpy(core_backend.rng(8).normal((3, 4))), ref.astype("float32"))
+
+
+def test_asarray_moves_between_backends(core_backend):
+    strict = get_backend("array_api_strict")
+    x = strict.asarray([[1.0, 2.0], [3.0, 4.0]], dtype="float64")
+    y = core_backend.asarray(x)
+    assert core_backend.owns(y)
+    assert np.array_equal(core_backend.to_numpy(y), [[1.0, 2.0], [3.0, 4.0]])
+    assert backend_of(y) == core_backend
+    core_backend.synchronize()  # a no-op on the CPU, must not fail
+
+
+def test_mixed_namespaces_named_at_the_boundary():
+    import array_api_strict
+
+    a = np.ones(3)
+    b = array_api_strict.ones(3)
+    with pytest.raises(TypeError, match="arrays from different libraries were mixed") as info:
+        namespace(a, b)
+    assert "numpy array on cpu" in str(info.value)
+    assert "array_api_strict array" in str(info.value)
+    be = get_backend("array_api_strict")
+    with pytest.raises(TypeError, match=r"is a numpy array on cpu but the model is on "
+                                        r"array_api_strict.*backend.asarray"):
+        be.check(a, "the input")
+
+
+def test_mixed_devices_named():
+    import array_api_strict
+
+    a = array_api_strict.ones(3)
+    b = array_api_strict.ones(3, device=array_api_strict.Device("device1"))
+    with pytest.raises(TypeError, match="different devices"):
+        namespace(a, b)
+
+
+def test_version_exposed():
+    assert portacnn.__version__.count(".") == 2
