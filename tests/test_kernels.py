@@ -217,3 +217,39 @@ def test_kernel_mixing_namespaces_is_caught():
 
     with pytest.raises(TypeError, match="arrays from different libraries were mixed"):
         K.conv2d_forward(np.ones((1, 1, 4, 4)), strict.ones((1, 1, 2, 2)))
+
+
+def _random_configs(count, seed=2024):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        padding = [0, 1, 2, "same", "valid", (int(rng.integers(0, 3)), int(rng.integers(0, 3)))][
+            int(rng.integers(0, 6))]
+        h, w = int(rng.integers(kh, kh + 8)), int(rng.integers(kw, kw + 8))
+        yield (int(rng.integers(1, 4)), int(rng.integers(1, 4)), h, w), (kh, kw), stride, padding
+
+
+@pytest.mark.parametrize("case", list(_random_configs(25)), ids=_ids)
+def test_random_shapes_conv_and_pool_match_loops(core_backend, case):
+    shape, k, s, p = case
+    rng = np.random.default_rng(sum(map(ord, str(case))))  # stable across runs
+    x = rng.normal(size=shape)
+    w = rng.normal(size=(2, shape[1]) + k)
+    be = core_backend
+    y, cache = K.conv2d_forward(be.asarray(x), be.asarray(w), None, s, p)
+    assert_close(y, R.conv2d(x, w, None, s, p))
+    dy = rng.normal(size=tuple(y.shape))
+    dx, dw, _ = K.conv2d_backward(be.asarray(dy), be.asarray(w), cache)
+    rdx, rdw, _ = R.conv2d_backward(dy, x, w, s, p)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+    pads = (p, p) if isinstance(p, int) else p
+    if not isinstance(p, str) and (pads[0] > k[0] // 2 or pads[1] > k[1] // 2):
+        with pytest.raises(ValueError, match="more than half the kernel"):
+            K.max_pool2d_forward(be.asarray(x), k, s, p)
+        return
+    y, cache = K.max_pool2d_forward(be.asarray(x), k, s, p)
+    assert_close(y, R.max_pool2d(x, k, s, p))
+    dy = rng.normal(size=tuple(y.shape))
+    assert_close(K.max_pool2d_backward(be.asarray(dy), cache), R.max_pool2d_backward(dy, x, k, s, p))

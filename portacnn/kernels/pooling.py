@@ -32,8 +32,16 @@ class PoolCache(NamedTuple):
 
 def _pool_geometry(x, kernel_size, stride, padding) -> Geometry:
     check_nchw(x)
-    return geometry(tuple(x.shape[2:]), kernel_size, kernel_size if stride is None else stride,
-                    padding)
+    g = geometry(tuple(x.shape[2:]), kernel_size, kernel_size if stride is None else stride,
+                 padding)
+    # Wider padding would make windows of padding only (-inf for max), as PyTorch also refuses.
+    if max(g.top, g.bottom) > g.kh // 2 or max(g.left, g.right) > g.kw // 2:
+        if padding != "same":
+            raise ValueError(
+                f"pooling padding {padding!r} is more than half the kernel {g.kh}x{g.kw}: "
+                "some windows would hold only padding; use padding <= kernel_size // 2"
+            )
+    return g
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
