@@ -2,15 +2,24 @@
 
 The same layers, im2col/col2im and training code run on NumPy (CPU) and CuPy (GPU); the
 backend is chosen in :mod:`portacnn.runtime` and nowhere else.
+
+    >>> import portacnn
+    >>> (x, y), (xt, yt) = portacnn.data.load_mnist()          # bundled real-MNIST sample
+    >>> model = portacnn.models.lenet5(device="cpu")
+    >>> model.fit(portacnn.data.normalize(x), y, epochs=10, optimizer=portacnn.optim.SGD(0.02, 0.9))
 """
 
+from . import data, kernels, models, optim
+from .checkpoint import CheckpointError, load
 from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      Sigmoid, Tanh)
+from .model import History, Sequential
 from .runtime import Backend, DeviceError, get_backend
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2D", "Backend", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "Layer",
-    "MaxPool2D", "ReLU", "Sigmoid", "Tanh", "get_backend", "__version__",
+    "AvgPool2D", "Backend", "CheckpointError", "Conv2D", "Dense", "DeviceError", "Dropout",
+    "Flatten", "History", "Layer", "MaxPool2D", "ReLU", "Sequential", "Sigmoid", "Tanh", "data",
+    "get_backend", "kernels", "load", "models", "optim", "__version__",
 ]

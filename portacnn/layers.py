@@ -133,6 +133,10 @@ class Layer:
 
     __call__ = forward
 
+    def describe(self) -> str:
+        """A few words on the layer's settings for ``summary()`` (e.g. ``"5x5, stride 1"``)."""
+        return ""
+
     def get_config(self) -> dict:
         """Constructor arguments as JSON-able values (used by checkpoints)."""
         return {"dtype": self.dtype_name, "name": self.name}
@@ -207,6 +211,11 @@ class Conv2D(Layer):
     def _strict_shape(self):
         return self.input_shape is not None
 
+    def describe(self):
+        kh, kw = self.kernel_size
+        pad = self.padding if isinstance(self.padding, str) else _hw(self.padding)
+        return f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, pad {pad}"
+
     def _build(self, input_shape, rng):
         c = input_shape[0]
         self.in_channels = c
@@ -250,6 +259,10 @@ class Conv2D(Layer):
                 **super().get_config()}
 
 
+def _hw(pair) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
 def _init_weight(rng: PortableRNG, shape, fan_in, fan_out, init, dtype):
     if init == "he":
         return rng.normal(shape, std=math.sqrt(2.0 / fan_in), dtype=dtype)
@@ -277,6 +290,11 @@ class _Pool2D(Layer):
         return (c, g.oh, g.ow)
 
     _strict_shape = False
+
+    def describe(self):
+        pad = self.padding if isinstance(self.padding, str) else _hw(self.padding)
+        return f"{self.kernel_size[0]}x{self.kernel_size[1]}, stride {_hw(self.stride)}" + (
+            f", pad {pad}" if pad not in ("0", "valid") else "")
 
     def forward(self, x):
         check_nchw(x, f"the input to {self.name}")
@@ -354,6 +372,9 @@ class Dense(Layer):
                 f"{self.name} expects {self.in_features} input features, got {input_shape[0]}"
             )
         return (self.out_features,)
+
+    def describe(self):
+        return f"{self.in_features} -> {self.out_features}"
 
     def _build(self, input_shape, rng):
         self.in_features = input_shape[0]
@@ -478,6 +499,9 @@ class Dropout(Layer):
         if isinstance(self._cache, str):
             return dy
         return K.dropout_backward(dy, self._cache, self.p)
+
+    def describe(self):
+        return f"p={self.p}"
 
     def get_config(self):
         return {"p": self.p, "seed": self.seed, **super().get_config()}

@@ -28,6 +28,7 @@ __all__ = [
     "Backend",
     "DeviceError",
     "backend_of",
+    "is_host_array",
     "to_numpy",
     "PortableRNG",
     "get_backend",
@@ -113,6 +114,12 @@ class Backend:
             return getattr(self.xp, dtype)
         return dtype
 
+    @property
+    def host_sync_is_free(self) -> bool:
+        """True where reading a scalar back (``float(x)``) does not stall a device queue."""
+        return self.name in ("numpy", "array_api_strict") or (
+            self.name == "torch" and getattr(self.device, "type", "cpu") == "cpu")
+
     def check(self, x, what: str = "the input") -> None:
         """Raise ``TypeError`` unless ``x`` is an array of this backend on its device.
 
@@ -157,9 +164,53 @@ class Backend:
         elif self.name == "torch" and getattr(self.device, "type", "cpu") == "cuda":
             self._native.cuda.synchronize(self.device)
 
+    def limit_threads(self, threads: int | None):
+        """Context manager capping the CPU thread pools this backend computes with (BLAS via
+        threadpoolctl; torch's intra-op pool). ``None`` leaves them alone.
+
+        On a busy 2-core machine, OpenBLAS with 2 threads can run LeNet's skinny matrix
+        products orders of magnitude slower than with 1; benchmarks compare at equal counts.
+        """
+        return _ThreadLimit(self, threads)
+
+    def thread_info(self) -> dict:
+        """The thread count of each CPU pool in use, e.g. ``{"openblas": 1}``."""
+        from threadpoolctl import threadpool_info
+
+        info = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+        if self.name == "torch":
+            info["torch"] = self._native.get_num_threads()
+        return info
+
     def rng(self, seed: int | None = None) -> PortableRNG:
         """A :class:`PortableRNG` seeded with ``seed`` drawing onto this backend."""
         return PortableRNG(self, seed)
+
+
+class _ThreadLimit:
+    def __init__(self, backend: Backend, threads: int | None):
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self.backend, self.threads = backend, threads
+        self._limits = self._torch_before = None
+
+    def __enter__(self):
+        if self.threads is None:
+            return self
+        from threadpoolctl import threadpool_limits
+
+        self._limits = threadpool_limits(limits=self.threads)
+        if self.backend.name == "torch":
+            self._torch_before = self.backend._native.get_num_threads()
+            self.backend._native.set_num_threads(self.threads)
+        return self
+
+    def __exit__(self, *exc):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+        if self._torch_before is not None:
+            self.backend._native.set_num_threads(self._torch_before)
+        return False
 
 
 def backend_of(x) -> Backend:
@@ -171,6 +222,11 @@ def backend_of(x) -> Backend:
     if name not in ("numpy", "torch", "array_api_strict"):
         return Backend(name, xp, array_api_compat.device(x))
     return _namespace_backend(name, None if name == "numpy" else array_api_compat.device(x))
+
+
+def is_host_array(x) -> bool:
+    """True for a host NumPy array (data a model moves to its device batch by batch)."""
+    return isinstance(x, np.ndarray)
 
 
 def _is_foreign_array(x) -> bool:
