@@ -1,0 +1,66 @@
+"""The training command: end to end on the bundled sample, and its error paths."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import portacnn
+from portacnn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_training_reaches_95_percent_on_held_out_digits(tmp_path, capsys):
+    """The README's command with its defaults: LeNet-5, 10 epochs, bundled sample."""
+    save = tmp_path / "lenet.safetensors"
+    assert main(["train", "--quiet", "--save", str(save)]) == 0
+    out = capsys.readouterr().out
+    assert "backend numpy" in out and "Total params: 61,706" in out and "epoch 10/10" in out
+    line = [l for l in out.splitlines() if l.startswith("test accuracy")][0]
+    accuracy = float(line.split()[2])
+    assert accuracy >= 0.95, line
+    model = portacnn.load(save)
+    from portacnn.data import load_sample, normalize
+
+    _, (xt, yt) = load_sample()
+    assert model.evaluate(normalize(xt), yt)[1] == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_script_and_module_run(tmp_path):
+    for cmd in ([sys.executable, str(ROOT / "scripts" / "train.py")],
+                [sys.executable, "-m", "portacnn", "train"]):
+        res = subprocess.run(cmd + ["--epochs", "1", "--batch-size", "256", "--quiet",
+                                    "--optimizer", "adam", "--model", "lenet5-relu"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert "epoch 1/1" in res.stdout and "test accuracy" in res.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "gpu"], 'pip install "portacnn[gpu]"'),
+    (["--device", "tpu"], "unknown device 'tpu'; valid devices"),
+    (["--batch-size", "-3"], "argument --batch-size: must be a positive integer, got -3"),
+    (["--epochs", "many"], "argument --epochs: expected a positive integer, got 'many'"),
+    (["--lr", "0"], "argument --lr: must be positive"),
+    (["--data", "/no/such/dir"], "--data /no/such/dir: no such directory"),
+    (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    if args == ["--device", "gpu"]:
+        try:
+            import cupy  # noqa: F401
+            pytest.skip("cupy is installed: the missing-CuPy message does not apply")
+        except ImportError:
+            pass
+    res = subprocess.run([sys.executable, "-m", "portacnn", "train", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unknown_command():
+    assert main(["fly"]) == 2

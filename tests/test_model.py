@@ -1,0 +1,224 @@
+"""Sequential: shape inference, summary, fit / evaluate / predict, devices, and errors."""
+
+import io
+
+import numpy as np
+import pytest
+
+import portacnn
+from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
+                      Tanh, get_backend)
+from portacnn.models import lenet5
+from portacnn.optim import SGD, Adam
+
+from conftest import assert_close
+
+
+def small_net(device="cpu", dtype="float32", seed=0, dropout=False):
+    layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten()]
+    layers += [Dropout(0.5)] if dropout else []
+    layers += [Dense(3)]
+    return Sequential(layers, input_shape=(1, 6, 6), device=device, dtype=dtype, seed=seed)
+
+
+def toy_data(n=60, seed=0):
+    """Three classes a tiny CNN separates easily: a bright row, a bright column, or noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(scale=0.3, size=(n, 1, 6, 6)).astype(np.float32)
+    y = np.arange(n) % 3
+    x[y == 0, 0, 2, :] += 2.0
+    x[y == 1, 0, :, 3] += 2.0
+    return x, y
+
+
+def test_lenet5_shapes_and_parameter_count():
+    model = lenet5()
+    assert model.output_shape == (10,)
+    # 156 + 2,416 + 48,120 + 10,164 + 850, as torch.nn counts the same network
+    assert model.num_params() == 61_706
+    assert tuple(model.layers[0].params["weight"].shape) == (6, 1, 5, 5)
+    assert tuple(model.layers[7].params["weight"].shape) == (120, 400)
+    m32 = lenet5(input_shape=(1, 32, 32))
+    assert m32.layers[0].padding == (0, 0) and m32.num_params() == 61_706
+    relu = lenet5("relu", "max")
+    assert isinstance(relu.layers[1], ReLU) and isinstance(relu.layers[2], MaxPool2D)
+    with pytest.raises(ValueError, match="LeNet-5 takes 28x28 or 32x32 images, got 30x30"):
+        lenet5(input_shape=(1, 30, 30))
+
+
+def test_summary_lists_layers_shapes_and_total():
+    out = io.StringIO()
+    text = lenet5().summary(file=out)
+    assert out.getvalue().strip() == text
+    assert "conv1 (Conv2D)" in text and "6@5x5, stride 1, pad 2" in text
+    assert "(N, 16, 5, 5)" in text and "48,120" in text
+    assert text.rstrip().endswith("Total params: 61,706")
+
+
+def test_shape_inference_reports_the_layer_that_does_not_fit():
+    with pytest.raises(ValueError, match=r"layer 3 \(Dense\): .*put a Flatten layer before it"):
+        Sequential([Conv2D(2, 3), ReLU(), MaxPool2D(2), Dense(3)], input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2D\): kernel 5x5 is larger"):
+        Sequential([Conv2D(2, 5)], input_shape=(1, 3, 3))
+    model = Sequential(device="cpu").add(Conv2D(2, 3)).add(Flatten()).add(Dense(2))
+    with pytest.raises(RuntimeError, match="the model is not built"):
+        model.summary()
+    model.build((3, 5, 5))
+    assert model.layers[0].params["weight"].shape == (2, 3, 3, 3)
+
+
+def test_fit_learns_and_reports_history():
+    x, y = toy_data(90)
+    model = small_net()
+    out = io.StringIO()
+    hist = model.fit(x, y, epochs=8, batch_size=16, optimizer=Adam(0.02),
+                     validation_split=0.2, verbose=2, file=out)
+    assert set(hist.history) == set(portacnn.History.KEYS)
+    assert hist.epochs == 8 and all(len(v) == 8 for v in hist.history.values())
+    assert hist["loss"][-1] < hist["loss"][0] * 0.5
+    assert hist["val_accuracy"][-1] >= 0.9
+    assert "epoch 8/8: loss" in out.getvalue() and "images/s" in out.getvalue()
+    # evaluate agrees with the last validation figures (same data, same weights)
+    loss, acc = model.evaluate(x[72:], y[72:])
+    assert abs(loss - hist["val_loss"][-1]) < 1e-6 and acc == hist["val_accuracy"][-1]
+
+
+def test_progress_bar_is_shown_with_verbose_1():
+    x, y = toy_data(40)
+    out = io.StringIO()
+    small_net().fit(x, y, epochs=1, batch_size=8, verbose=1, file=out)
+    text = out.getvalue()
+    assert "epoch 1/1" in text and "5/5" in text and "loss" in text
+
+
+def test_predict_gives_probabilities_and_matches_evaluate(core_backend):
+    x, y = toy_data(30)
+    model = small_net(device=core_backend)
+    model.fit(x, y, epochs=3, batch_size=10, optimizer=Adam(0.02), verbose=0)
+    probs = core_backend.to_numpy(model.predict(x, batch_size=7))
+    assert probs.shape == (30, 3)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    _, acc = model.evaluate(x, y)
+    assert acc == pytest.approx(np.mean(probs.argmax(axis=1) == y))
+
+
+def test_inputs_already_on_the_device_are_accepted(core_backend):
+    x, y = toy_data(24)
+    model = small_net(device=core_backend)
+    xd, yd = core_backend.asarray(x), core_backend.asarray(y)
+    h_dev = model.fit(xd, yd, epochs=2, batch_size=8, optimizer=SGD(0.1), verbose=0, seed=3)
+    model2 = small_net(device=core_backend)
+    h_host = model2.fit(x, y, epochs=2, batch_size=8, optimizer=SGD(0.1), verbose=0, seed=3)
+    assert h_dev["loss"] == pytest.approx(h_host["loss"], rel=1e-5)
+
+
+def test_eval_mode_turns_dropout_off():
+    x, _ = toy_data(10)
+    model = small_net(dropout=True)
+    model.eval()
+    a = model.forward(x)
+    b = model.forward(x)
+    assert np.array_equal(a, b)
+    model.train()
+    assert not np.array_equal(model.forward(x), model.forward(x))
+
+
+def _three_step_losses(backend, dtype="float64"):
+    model = lenet5(device=backend, dtype=dtype, seed=5)
+    from portacnn.data import load_sample, normalize
+
+    (x, y), _ = load_sample()
+    x = normalize(x[:48], dtype=dtype)
+    opt = SGD(0.05, momentum=0.9)
+    losses = []
+    for i in range(3):
+        xb = backend.asarray(x[i * 16:(i + 1) * 16])
+        yb = backend.asarray(y[i * 16:(i + 1) * 16])
+        loss, _ = model.train_step(xb, yb, opt)
+        losses.append(float(loss))
+    return losses, model
+
+
+def test_three_training_steps_give_the_same_losses_on_every_backend(core_backend):
+    ref, ref_model = _three_step_losses(get_backend("numpy"))
+    got, model = _three_step_losses(core_backend)
+    assert ref[2] < ref[0] or ref[1] < ref[0]      # it is learning, not standing still
+    assert np.allclose(got, ref, rtol=1e-10, atol=0)
+    assert_close(model.layers[0].params["weight"], ref_model.layers[0].params["weight"])
+
+
+def test_to_moves_parameters_and_optimizer_state(core_backend):
+    x, y = toy_data(24)
+    model = small_net()
+    model.fit(x, y, epochs=1, batch_size=8, optimizer=SGD(0.1, momentum=0.9), verbose=0)
+    before = model.predict(x)
+    model.to(core_backend)
+    assert model.backend == core_backend
+    assert core_backend.owns(model.layers[0].params["weight"])
+    assert all(core_backend.owns(v) for s in model.optimizer.state.values() for v in s.values())
+    assert_close(model.predict(core_backend.asarray(x)), before, dtype="float32")
+    model.fit(x, y, epochs=1, batch_size=8, optimizer=model.optimizer, verbose=0)
+
+
+def test_fit_reads_scalars_back_once_per_epoch_not_per_batch(monkeypatch):
+    """On a device where a read stalls the queue, the batch loop must not read anything back."""
+    import array_api_strict
+
+    array_cls = type(array_api_strict.asarray(0.0))
+    reads = {"n": 0}
+    original = array_cls.__float__
+
+    def counting_float(self):
+        reads["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(array_cls, "__float__", counting_float)
+    monkeypatch.setattr(portacnn.Backend, "host_sync_is_free", property(lambda self: False))
+    x, y = toy_data(64)
+    model = small_net(device="array_api_strict")
+    model.fit(x, y, epochs=2, batch_size=4, verbose=1, file=io.StringIO(),
+              validation_data=(x[:16], y[:16]))
+    # 16 batches per epoch: per-epoch reads are loss + accuracy, and evaluate's two
+    assert reads["n"] == 2 * 4
+    reads["n"] = 0
+    model.predict(x, batch_size=4)
+    assert reads["n"] == 0
+
+
+def test_data_errors_at_the_boundary():
+    import array_api_strict
+
+    x, y = toy_data(12)
+    model = small_net()
+    with pytest.raises(ValueError, match=r"x has 12 samples but y has 5"):
+        model.fit(x, y[:5], verbose=0)
+    with pytest.raises(ValueError, match=r"x has shape \(12, 1, 5, 5\) but the model expects \(N, 1, 6, 6\)"):
+        model.fit(x[:, :, :5, :5], y, verbose=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        model.fit(x, y, batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        model.fit(x, y, epochs=0, verbose=0)
+    with pytest.raises(ValueError, match="give validation_data or validation_split, not both"):
+        model.fit(x, y, validation_data=(x, y), validation_split=0.1, verbose=0)
+    strict_x = array_api_strict.asarray(x)
+    with pytest.raises(TypeError, match=r"x is a array_api_strict array .* but the model is on numpy"
+                                        r".*model.backend.asarray"):
+        model.predict(strict_x)
+    with pytest.raises(TypeError, match=r"the model input is a array_api_strict array"):
+        model.forward(strict_x)
+    with pytest.raises(TypeError, match="the model is float32 but the input is float64"):
+        model.forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        Sequential(loss="hinge")
+
+
+def test_mse_model_trains_on_regression_targets():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 1, 4, 4)).astype(np.float32)
+    target = x.reshape(32, -1)[:, :2] * 0.5
+    model = Sequential([Flatten(), Dense(2)], input_shape=(1, 4, 4), loss="mse")
+    hist = model.fit(x, target, epochs=30, batch_size=8, optimizer=SGD(0.1), verbose=0)
+    assert hist["loss"][-1] < 0.1 * hist["loss"][0]
+    assert "accuracy" not in hist.history
+    loss, acc = model.evaluate(x, target)
+    assert acc is None and loss < 0.01

@@ -1,0 +1,94 @@
+"""Optimizer update rules: hand-computed steps, and torch.optim on the same numbers."""
+
+import numpy as np
+import pytest
+
+from portacnn.optim import SGD, Adam, RMSprop, get_optimizer
+
+from conftest import assert_close
+
+
+def _run(opt, backend, p0, grads):
+    """Apply ``opt`` to one parameter for each gradient in ``grads``; return host values."""
+    params = {"weight": backend.asarray(np.array(p0, dtype=np.float64))}
+    store = {}
+    out = []
+    for g in grads:
+        store["weight"] = backend.asarray(np.array(g, dtype=np.float64))
+        opt.step([("0.weight", params, "weight", store)])
+        out.append(backend.to_numpy(params["weight"]).copy())
+    return out
+
+
+def test_sgd_plain_momentum_nesterov_weight_decay_by_hand(core_backend):
+    p, g1, g2 = [1.0, -2.0], [0.5, 0.25], [-1.0, 2.0]
+    # plain: p - lr g
+    s = _run(SGD(lr=0.1), core_backend, p, [g1])
+    assert_close(s[0], [0.95, -2.025])
+    # momentum 0.9: v1 = g1, v2 = 0.9 v1 + g2
+    s = _run(SGD(lr=0.1, momentum=0.9), core_backend, p, [g1, g2])
+    v2 = [0.9 * 0.5 - 1.0, 0.9 * 0.25 + 2.0]
+    assert_close(s[1], [0.95 - 0.1 * v2[0], -2.025 - 0.1 * v2[1]])
+    # Nesterov: step with g + mu v
+    s = _run(SGD(lr=0.1, momentum=0.5, nesterov=True), core_backend, p, [g1])
+    assert_close(s[0], [1.0 - 0.1 * (0.5 + 0.25), -2.0 - 0.1 * (0.25 + 0.125)])
+    # weight decay adds wd * p to the gradient
+    s = _run(SGD(lr=0.1, weight_decay=0.01), core_backend, p, [g1])
+    assert_close(s[0], [1.0 - 0.1 * (0.5 + 0.01), -2.0 - 0.1 * (0.25 - 0.02)])
+
+
+def test_adam_two_steps_by_hand(core_backend):
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    p, grads = np.array([0.5, -1.0]), [np.array([0.2, -0.4]), np.array([-0.1, 0.3])]
+    got = _run(Adam(lr=lr, betas=(b1, b2), eps=eps), core_backend, p, grads)
+    m = v = np.zeros(2)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        assert_close(got[t - 1], p)
+    # bias correction makes the first step lr * sign(g), short by lr * eps / |g| (~5e-10 here);
+    # without it the step would be 10x smaller
+    assert np.allclose(got[0], [0.5 - lr, -1.0 + lr], rtol=0, atol=1e-9)
+
+
+def test_rmsprop_by_hand(core_backend):
+    p, g = np.array([1.0, 2.0]), np.array([0.3, -0.6])
+    got = _run(RMSprop(lr=0.01, alpha=0.9, eps=1e-8), core_backend, p, [g])
+    v = 0.1 * g * g
+    assert_close(got[0], p - 0.01 * g / (np.sqrt(v) + 1e-8))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    ("sgd", dict(lr=0.05, momentum=0.8, nesterov=True)),
+    ("adam", dict(lr=0.01, weight_decay=1e-2)),
+    ("rmsprop", dict(lr=0.01, momentum=0.5)),
+])
+def test_matches_torch_optim(core_backend, name, kwargs):
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional oracle)")
+    rng = np.random.default_rng(3)
+    p0 = rng.normal(size=(4, 3))
+    grads = [rng.normal(size=(4, 3)) for _ in range(5)]
+    ours = _run(get_optimizer(name, **kwargs), core_backend, p0, grads)
+    tp = torch.tensor(p0, requires_grad=True)
+    topt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
+            "rmsprop": torch.optim.RMSprop}[name]([tp], **kwargs)
+    for step, g in enumerate(grads):
+        tp.grad = torch.tensor(g)
+        topt.step()
+        assert_close(ours[step], tp.detach().numpy())
+
+
+def test_bad_hyperparameters_are_refused():
+    with pytest.raises(ValueError, match="learning rate must be a positive number"):
+        SGD(lr=-1)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        SGD(momentum=1.5)
+    with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0"):
+        SGD(nesterov=True)
+    with pytest.raises(ValueError, match="betas must be in"):
+        Adam(betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; choose one of sgd, adam"):
+        get_optimizer("lbfgs")
+    assert isinstance(get_optimizer({"name": "Adam", "lr": 0.1, "betas": [0.8, 0.9]}), Adam)
