@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from . import kernels as K
-from .kernels.im2col import check_nchw, check_padding, geometry, kernel_pair, stride_pair
+from .kernels.unfold import check_nchw, check_padding, geometry, kernel_pair, stride_pair
 from .runtime import Backend, PortableRNG, backend_of, get_backend
 
 __all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "Flatten", "ReLU", "Tanh",
@@ -159,7 +159,7 @@ class Conv2D(Layer):
         kernel_size: int or (kh, kw).
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
-            :mod:`portacnn.kernels.im2col`).
+            :mod:`portacnn.kernels.unfold`).
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).
         init: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).

@@ -5,7 +5,7 @@ import pytest
 
 from portacnn import kernels as K
 from portacnn import reference as R
-from portacnn.kernels.im2col import geometry
+from portacnn.kernels.unfold import geometry
 
 from conftest import assert_close
 
@@ -46,14 +46,17 @@ def test_col2im_is_adjoint_of_im2col(backend, host_rng, case):
     assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
 
 
+@pytest.mark.parametrize("layout", ["batched", "batch_minor"])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_forward_backward_match_loops(backend, host_rng, case):
+def test_conv2d_forward_backward_match_loops(backend, host_rng, case, layout):
     shape, k, s, p = case
     kh, kw = (k, k) if isinstance(k, int) else k
     x = host_rng.normal(size=shape)
     w = host_rng.normal(size=(4, shape[1], kh, kw))
     b = host_rng.normal(size=4)
-    y, cache = K.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), s, p)
+    y, cache = K.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), s, p,
+                                layout=layout)
+    assert cache.layout == layout
     y_ref = R.conv2d(x, w, b, s, p)
     assert_close(y, y_ref)
     dy = host_rng.normal(size=y_ref.shape)
@@ -65,6 +68,15 @@ def test_conv2d_forward_backward_match_loops(backend, host_rng, case):
     no_dx, dw2, _ = K.conv2d_backward(backend.asarray(dy), backend.asarray(w), cache, need_dx=False)
     assert no_dx is None
     assert_close(dw2, rdw)
+
+
+@pytest.mark.parametrize("width,layout", [(8, "batch_minor"), (20, "batched")])
+def test_layout_follows_output_width(width, layout):
+    x = np.ones((2, 1, 8, width))
+    _, cache = K.conv2d_forward(x, np.ones((1, 1, 3, 3)), None)
+    assert cache.layout == layout
+    with pytest.raises(ValueError, match="layout must be 'batched' or 'batch_minor'"):
+        K.conv2d_forward(x, np.ones((1, 1, 3, 3)), None, layout="nhwc")
 
 
 def test_uncovered_border_gets_zero_gradient(host_rng):

@@ -9,7 +9,7 @@ from .activations import (log_softmax, relu, relu_backward, sigmoid, sigmoid_bac
 from .conv import conv2d_backward, conv2d_forward
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
-from .im2col import col2im, geometry, im2col
+from .unfold import col2im, geometry, im2col
 from .losses import mse, one_hot, softmax_cross_entropy
 from .pooling import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 

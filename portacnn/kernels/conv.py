@@ -7,11 +7,22 @@ Shapes::
     bias    (F,)
     y       (N, F, OH, OW)      OH = floor((H + pad_h - kh) / s) + 1
 
-Forward is one matrix product per batch, ``W.reshape(F, C*kh*kw) @ cols``. Backward:
+Forward is a matrix product ``W.reshape(F, C*kh*kw) @ cols``. Backward:
 
-    dW = sum_n  dy_n @ cols_n^T            (F, C*kh*kw)
-    db = sum_{n, oh, ow} dy
+    dW = dy @ cols^T                       (F, C*kh*kw), summed over the batch
+    db = sum over n, oh, ow of dy
     dx = col2im(W^T @ dy)                  skipped when ``need_dx`` is False (first layer)
+
+Two column layouts, chosen by the output row length (both are checked against the same naive
+loops in the tests):
+
+- ``"batched"``: cols (N, C*K, OH*OW), one small matrix product per sample. Best when output
+  rows are long (LeNet's first layer, 28 wide): each window slice copies rows of OW numbers.
+- ``"batch_minor"``: the batch innermost, cols (C*K, OH*OW*N), one large matrix product. When
+  rows are short (OW < 16, e.g. 10 in LeNet's second layer), copying rows of OW numbers is
+  dominated by per-row overhead; with the batch innermost each copy moves OW*N contiguous
+  numbers. Measured on LeNet's second layer (batch 64, 1 thread): forward 2.1 -> 1.1 ms,
+  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice.
 """
 
 from __future__ import annotations
@@ -19,9 +30,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..runtime import namespace
-from .im2col import Geometry, _cols, _fold, check_nchw, geometry
+from .unfold import Geometry, _cols, _fold, check_nchw, crop, geometry, pad_batch_minor, \
+    scatter_add_windows, windows
 
-__all__ = ["conv2d_forward", "conv2d_backward", "ConvCache"]
+__all__ = ["conv2d_forward", "conv2d_backward", "ConvCache", "SHORT_ROW"]
+
+SHORT_ROW = 16     # output rows narrower than this use the batch-innermost layout
 
 
 class ConvCache(NamedTuple):
@@ -30,12 +44,20 @@ class ConvCache(NamedTuple):
     cols: object
     geometry: Geometry
     input_shape: tuple
+    layout: str
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+def _contiguous(xp, a):
+    # reshape of a permuted array copies it into row-major order; reshaping back is free
+    shape = tuple(a.shape)
+    return xp.reshape(xp.reshape(a, (shape[0], -1)), shape)
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None = None):
     """Convolve ``x`` (N, C, H, W) with ``weight`` (F, C, kh, kw) and add ``bias`` (F,).
 
     ``stride`` is an int or pair; ``padding`` an int, pair, ``"same"`` or ``"valid"`` (zeros).
+    ``layout`` forces ``"batched"`` or ``"batch_minor"`` (default: chosen by output width).
     Returns ``(y, cache)`` with ``y`` of shape (N, F, OH, OW).
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
@@ -50,11 +72,26 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
             f"(weight shape {tuple(weight.shape)}, input shape {tuple(x.shape)})"
         )
     g = geometry((h, w), (kh, kw), stride, padding)
-    cols = _cols(x, g)                                   # (N, C*K, L)
-    y = xp.reshape(weight, (f, c * kh * kw)) @ cols     # (N, F, L)
-    if bias is not None:
-        y = y + bias[:, None]
-    return xp.reshape(y, (n, f, g.oh, g.ow)), ConvCache(cols, g, tuple(x.shape))
+    if layout is None:
+        layout = "batch_minor" if g.ow < SHORT_ROW else "batched"
+    w_mat = xp.reshape(weight, (f, c * kh * kw))
+    if layout == "batched":
+        cols = _cols(x, g)                                   # (N, C*K, L)
+        y = w_mat @ cols                                     # (N, F, L)
+        if bias is not None:
+            y += bias[:, None]
+        y = xp.reshape(y, (n, f, g.oh, g.ow))
+    elif layout == "batch_minor":
+        win = windows(pad_batch_minor(x, g), g, axis=1)      # (C, K, OH, OW, N)
+        cols = xp.reshape(win, (c * kh * kw, g.oh * g.ow * n))
+        y = w_mat @ cols                                     # (F, OH*OW*N)
+        if bias is not None:
+            y += bias[:, None]
+        y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
+        y = _contiguous(xp, y)
+    else:
+        raise ValueError(f"layout must be 'batched' or 'batch_minor', got {layout!r}")
+    return y, ConvCache(cols, g, tuple(x.shape), layout)
 
 
 def conv2d_backward(dy, weight, cache: ConvCache, need_dx: bool = True):
@@ -71,13 +108,24 @@ def conv2d_backward(dy, weight, cache: ConvCache, need_dx: bool = True):
     """
     xp = namespace(dy, weight)
     n, f, oh, ow = dy.shape
-    cols, g, input_shape = cache
-    ck = cols.shape[1]
-    dy_mat = xp.reshape(dy, (n, f, oh * ow))                      # (N, F, L)
-    dweight = xp.sum(dy_mat @ xp.matrix_transpose(cols), axis=0)  # (F, C*K)
-    dbias = xp.sum(dy_mat, axis=(0, 2))
+    cols, g, input_shape, layout = cache
+    c = input_shape[1]
+    w_mat = xp.reshape(weight, (f, c * g.window))
     dx = None
-    if need_dx:
-        w_mat = xp.reshape(weight, (f, ck))
-        dx = _fold(xp.matrix_transpose(w_mat) @ dy_mat, g, input_shape)
+    if layout == "batched":
+        dy_mat = xp.reshape(dy, (n, f, oh * ow))                      # (N, F, L)
+        dweight = xp.sum(dy_mat @ xp.matrix_transpose(cols), axis=0)  # (F, C*K)
+        dbias = xp.sum(dy_mat, axis=(0, 2))
+        if need_dx:
+            dx = _fold(xp.matrix_transpose(w_mat) @ dy_mat, g, input_shape)
+    else:
+        dy_mat = xp.reshape(xp.permute_dims(dy, (1, 2, 3, 0)), (f, oh * ow * n))  # (F, L*N)
+        dweight = dy_mat @ xp.matrix_transpose(cols)
+        dbias = xp.sum(dy_mat, axis=1)
+        if need_dx:
+            dwin = xp.reshape(xp.matrix_transpose(w_mat) @ dy_mat, (c, g.window, oh, ow, n))
+            h, w = input_shape[2:]
+            padded = (c, h + g.top + g.bottom, w + g.left + g.right, n)
+            dx_cm = crop(scatter_add_windows(dwin, g, padded, axis=1), g, axis=1)  # (C, H, W, N)
+            dx = _contiguous(xp, xp.permute_dims(dx_cm, (3, 0, 1, 2)))
     return dx, xp.reshape(dweight, weight.shape), dbias

@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 from ..runtime import namespace
 
-__all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "scatter_windows"]
+__all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "scatter_windows",
+           "scatter_add_windows", "crop", "pad_batch_minor"]
 
 
 class Geometry(NamedTuple):
@@ -148,45 +149,70 @@ def pad(x, g: Geometry, value: float = 0.0):
     return buf
 
 
-def _window_slice(g: Geometry, i: int, j: int):
-    # Stops stay in bounds (i + s*(OH-1) + 1): NumPy clips silently, strict does not.
-    return (
-        slice(None),
-        slice(None),
+def _window_slice(g: Geometry, i: int, j: int, axis: int = 2):
+    # The window at kernel offset (i, j) for every output pixel, as one strided slice of the
+    # two spatial axes (axis, axis + 1). Stops stay in bounds (i + s*(OH-1) + 1): NumPy clips
+    # silently, strict does not.
+    return (slice(None),) * axis + (
         slice(i, i + g.sh * (g.oh - 1) + 1, g.sh),
         slice(j, j + g.sw * (g.ow - 1) + 1, g.sw),
+        ...,
     )
 
 
-def windows(xpad, g: Geometry):
-    """Stack every window offset of a padded input: (N, C, kh*kw, OH, OW).
+def windows(xpad, g: Geometry, axis: int = 2):
+    """Stack every window offset of a padded input along a new axis ``axis``.
 
-    One strided-slice copy per kernel offset (kh*kw of them), never one per output pixel.
+    With NCHW input (spatial axes 2, 3) the result is (N, C, kh*kw, OH, OW); with the
+    batch-innermost (C, H, W, N) layout and ``axis=1`` it is (C, kh*kw, OH, OW, N). One
+    strided-slice copy per kernel offset (kh*kw of them), never one per output pixel.
     """
     xp = namespace(xpad)
     return xp.stack(
-        [xpad[_window_slice(g, i, j)] for i in range(g.kh) for j in range(g.kw)], axis=2
+        [xpad[_window_slice(g, i, j, axis)] for i in range(g.kh) for j in range(g.kw)], axis=axis
     )
 
 
-def scatter_windows(dwin, g: Geometry, input_shape):
-    """Adjoint of :func:`pad` then :func:`windows`: sum (N, C, kh*kw, OH, OW) back onto x.
-
-    Overlapping windows add up; pixels no window covers (stride leaving a border) get zero.
-    """
+def scatter_add_windows(dwin, g: Geometry, padded_shape, axis: int = 2):
+    """Adjoint of :func:`windows`: sum window gradients (window axis at ``axis``) into a zero
+    buffer of ``padded_shape``. Overlapping windows add up; pixels no window covers get zero."""
     xp = namespace(dwin)
-    n, c, h, w = input_shape
-    hp, wp = h + g.top + g.bottom, w + g.left + g.right
-    buf = xp.zeros((n, c, hp, wp), dtype=dwin.dtype, device=dwin.device)
+    buf = xp.zeros(tuple(padded_shape), dtype=dwin.dtype, device=dwin.device)
+    lead = (slice(None),) * axis
     k = 0
     for i in range(g.kh):
         for j in range(g.kw):
-            key = _window_slice(g, i, j)
-            buf[key] = buf[key] + dwin[:, :, k, ...]
+            key = _window_slice(g, i, j, axis)
+            buf[key] += dwin[lead + (k, ...)]
             k += 1
-    if hp == h and wp == w:
+    return buf
+
+
+def crop(buf, g: Geometry, axis: int = 2):
+    """Remove ``g``'s padding from the spatial axes (axis, axis + 1) of ``buf``."""
+    if g.top == g.bottom == g.left == g.right == 0:
         return buf
-    return buf[:, :, g.top : g.top + h, g.left : g.left + w]
+    hp, wp = buf.shape[axis], buf.shape[axis + 1]
+    key = (slice(None),) * axis + (slice(g.top, hp - g.bottom), slice(g.left, wp - g.right), ...)
+    return buf[key]
+
+
+def scatter_windows(dwin, g: Geometry, input_shape):
+    """Adjoint of :func:`pad` then :func:`windows` for NCHW: (N, C, kh*kw, OH, OW) -> x."""
+    n, c, h, w = input_shape
+    padded = (n, c, h + g.top + g.bottom, w + g.left + g.right)
+    return crop(scatter_add_windows(dwin, g, padded), g)
+
+
+def pad_batch_minor(x, g: Geometry):
+    """NCHW ``x`` -> zero-padded (C, Hp, Wp, N): the batch innermost, so each window slice
+    moves rows of OW*N contiguous numbers instead of OW (see :mod:`portacnn.kernels.conv`)."""
+    xp = namespace(x)
+    n, c, h, w = x.shape
+    buf = xp.zeros((c, h + g.top + g.bottom, w + g.left + g.right, n), dtype=x.dtype,
+                   device=x.device)
+    buf[:, g.top : g.top + h, g.left : g.left + w, :] = xp.permute_dims(x, (1, 2, 3, 0))
+    return buf
 
 
 def im2col(x, kernel_size, stride=1, padding=0):
