@@ -265,3 +265,12 @@ def test_random_shapes_conv_and_pool_match_loops(core_backend, case):
     assert_close(y, R.max_pool2d(x, k, s, p))
     dy = rng.normal(size=tuple(y.shape))
     assert_close(K.max_pool2d_backward(be.asarray(dy), cache), R.max_pool2d_backward(dy, x, k, s, p))
+
+
+def test_batch_minor_output_is_row_major_in_memory():
+    x = np.ones((4, 2, 6, 6), dtype=np.float32)
+    w = np.ones((3, 2, 3, 3), dtype=np.float32)
+    y, cache = K.conv2d_forward(x, w, None, layout="batch_minor")
+    assert y.flags["C_CONTIGUOUS"]      # later layers must not walk a batch-innermost layout
+    dx, _, _ = K.conv2d_backward(np.ones(y.shape, np.float32), w, cache)
+    assert dx.flags["C_CONTIGUOUS"]

@@ -1,0 +1,465 @@
+#!/usr/bin/env python
+"""Benchmark portacnn's LeNet-5 on any backend, optionally against PyTorch in the same run.
+
+    python scripts/bench.py --device cpu --compare-torch --compare-tutorial --json bench.json
+    python scripts/bench.py --device gpu            # on a CUDA machine (CuPy)
+    python scripts/bench.py --quick                 # 6,000 images, fewer repeats
+
+What it measures, at each thread count in ``--threads`` (every CPU pool capped alike: BLAS via
+threadpoolctl, and ``torch.set_num_threads`` for PyTorch):
+
+- per-layer forward and backward time of LeNet-5 at ``--batch-size``;
+- a full training epoch (forward, backward, SGD-momentum step) over ``--images`` MNIST-shaped
+  images (the bundled sample tiled), through ``Sequential.fit``; with ``--compare-torch`` the
+  same network written in ``torch.nn``, started from the same weights and trained on the same
+  batches in the same order, A/B interleaved with portacnn, reporting portacnn/PyTorch;
+- inference throughput (images/s) at several batch sizes;
+- with ``--compare-tutorial``, the tutorial-style NumPy implementation (fancy-index im2col,
+  ``np.add.at`` col2im: scripts/tutorial_lenet.py) on a subset, scaled to the epoch;
+
+and once: time per image as the batch grows (16 ... 512) and as the image grows (28, 56, 112
+pixels on a side) with the peak memory of each (tracemalloc for NumPy, the memory pool on
+CuPy), and memory from epoch to epoch. Each timing is preceded by a warm-up run; the table
+shows the median and the [min - max] of ``--repeats`` runs. On a GPU every timer stops only
+after ``Backend.synchronize()``.
+
+The machine's speed drifts, so read ratios between peers measured in the same run, not the
+absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import portacnn  # noqa: E402
+from portacnn import AvgPool2D, Conv2D, Dense, Flatten, Sequential, Tanh  # noqa: E402
+from portacnn.data import load_sample, normalize  # noqa: E402
+from portacnn.models import lenet5  # noqa: E402
+from portacnn.optim import SGD  # noqa: E402
+
+LR, MOMENTUM = 0.01, 0.9
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def summarize(times):
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "runs": len(times)}
+
+
+def fmt(stat, unit="s", scale=1.0):
+    return (f"{stat['median'] * scale:.3f} [{stat['min'] * scale:.3f}-{stat['max'] * scale:.3f}]"
+            f" {unit}")
+
+
+def dataset(n, dtype):
+    (x, y), _ = load_sample()
+    reps = math.ceil(n / len(x))
+    x = np.concatenate([x] * reps)[:n]
+    y = np.concatenate([y] * reps)[:n].astype(np.int64)
+    return normalize(x, dtype=dtype), y
+
+
+def timed(fn, backend):
+    backend.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    backend.synchronize()
+    return time.perf_counter() - t0
+
+
+def machine_info(backend):
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "portacnn": portacnn.__version__,
+            "backend": backend.description}
+
+
+# --- PyTorch peer ---------------------------------------------------------------------------
+
+def torch_lenet(model, torch):
+    """LeNet-5 in torch.nn with portacnn's initial weights (same shapes, same layout)."""
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10))
+    ours = [layer for layer in model.layers if layer.params]
+    theirs = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            b.weight.copy_(torch.from_numpy(model.backend.to_numpy(a.params["weight"])))
+            b.bias.copy_(torch.from_numpy(model.backend.to_numpy(a.params["bias"])))
+    return net
+
+
+def torch_epoch(net, opt, x, y, order, batch_size, torch):
+    """One epoch in the idiomatic PyTorch loop, doing the same work as Sequential.fit."""
+    F = torch.nn.functional
+    net.train()
+    total = torch.zeros(())
+    hits = torch.zeros((), dtype=torch.int64)
+    for start in range(0, len(order), batch_size):
+        idx = torch.from_numpy(order[start:start + batch_size])
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        logits = net(xb)
+        loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(idx)
+        hits += (logits.argmax(1) == yb).sum()
+    return float(total) / len(order), int(hits) / len(order)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def per_layer(backend, batch_size, dtype, repeats, torch=None):
+    """Forward and backward time of each LeNet-5 layer on one batch (ms)."""
+    model = lenet5(device=backend, dtype=dtype, seed=0)
+    x, _ = dataset(batch_size, dtype)
+    h = backend.asarray(x)
+    inputs = []
+    for layer in model.layers:
+        inputs.append(h)
+        h = layer._forward(h)
+    grads = [None] * len(model.layers)
+    g = backend.asarray(np.ones(tuple(h.shape), dtype=dtype))
+    for k in reversed(range(len(model.layers))):
+        grads[k] = g
+        out = model.layers[k]._backward(g)
+        g = out if out is not None else g
+    rows = []
+    tnet = torch_lenet(model, torch) if torch else None
+    for k, layer in enumerate(model.layers):
+        fwd = [timed(lambda: [layer._forward(inputs[k]) for _ in range(10)], backend) / 10
+               for _ in range(repeats + 1)][1:]
+        bwd = [timed(lambda: [layer._backward(grads[k]) for _ in range(10)], backend) / 10
+               for _ in range(repeats + 1)][1:]
+        row = {"layer": f"{layer.name}", "forward_ms": statistics.median(fwd) * 1e3,
+               "backward_ms": statistics.median(bwd) * 1e3}
+        if tnet is not None:
+            row.update(_torch_layer_times(tnet[k], backend.to_numpy(inputs[k]),
+                                          backend.to_numpy(grads[k]), repeats, torch))
+        rows.append(row)
+    return rows
+
+
+def _torch_layer_times(module, x, g, repeats, torch):
+    xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+    gt = torch.from_numpy(np.ascontiguousarray(g))
+    fwd, bwd = [], []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            out = module(xt)
+        fwd.append((time.perf_counter() - t0) / 10)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            out = module(xt)
+            out.backward(gt)
+        bwd.append((time.perf_counter() - t0) / 10 - fwd[-1])
+    return {"torch_forward_ms": statistics.median(fwd[1:]) * 1e3,
+            "torch_backward_ms": max(statistics.median(bwd[1:]), 0.0) * 1e3}
+
+
+def train_epochs(backend, args, threads, torch=None):
+    """Epoch times for portacnn (and PyTorch, interleaved A/B) at one thread count."""
+    x, y = dataset(args.images, args.dtype)
+    orders = [np.random.default_rng(r).permutation(len(x)) for r in range(args.repeats + 1)]
+    model = lenet5(device=backend, dtype=args.dtype, seed=0)
+    opt = SGD(LR, momentum=MOMENTUM)
+    results = {"portacnn": [], "torch": [], "portacnn_loss": [], "torch_loss": []}
+    if torch is not None:
+        net = torch_lenet(model, torch)
+        topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run_ours(order):
+        hist = model.fit(x[order], y[order], epochs=1, batch_size=args.batch_size,
+                         optimizer=opt, shuffle=False, verbose=0)
+        results["portacnn_loss"].append(hist["loss"][0])
+
+    def run_torch(order):
+        loss, _ = torch_epoch(net, topt, tx, ty, order, args.batch_size, torch)
+        results["torch_loss"].append(loss)
+
+    for r, order in enumerate(orders):          # run 0 is the warm-up
+        pair = [("portacnn", run_ours)] + ([("torch", run_torch)] if torch is not None else [])
+        if r % 2:
+            pair.reverse()                      # A/B, then B/A: drift hits both alike
+        for name, fn in pair:
+            gc.collect()
+            seconds = timed(lambda: fn(order), backend)
+            if r > 0:
+                results[name].append(seconds)
+        print(f"    epoch run {r}{' (warm-up)' if r == 0 else ''}: "
+              + ", ".join(f"{name} {results[name][-1] if r else seconds:.2f} s"
+                          for name, _ in pair if results[name] or r == 0), flush=True)
+    out = {"threads": threads, "portacnn": summarize(results["portacnn"]),
+           "portacnn_loss_first_epoch": results["portacnn_loss"][0]}
+    if torch is not None:
+        out["torch"] = summarize(results["torch"])
+        out["torch_loss_first_epoch"] = results["torch_loss"][0]
+        ratios = [a / b for a, b in zip(results["portacnn"], results["torch"])]
+        out["ratio_portacnn_over_torch"] = summarize(ratios)
+    return out
+
+
+def inference(backend, args, torch=None):
+    """Images per second of predict() at several batch sizes (higher is better)."""
+    n = min(args.images, 10_000)
+    x, _ = dataset(n, args.dtype)
+    model = lenet5(device=backend, dtype=args.dtype, seed=0)
+    rows = []
+    net = torch_lenet(model, torch).eval() if torch is not None else None
+    tx = torch.from_numpy(x) if torch is not None else None
+    for bs in args.infer_batches:
+        ours, theirs = [], []
+        for r in range(args.repeats + 1):
+            t = timed(lambda: model.predict(x, batch_size=bs), backend)
+            if r:
+                ours.append(n / t)
+            if net is not None:
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    for s in range(0, n, bs):
+                        torch.softmax(net(tx[s:s + bs]), dim=1)
+                    t = time.perf_counter() - t0
+                if r:
+                    theirs.append(n / t)
+        row = {"batch_size": bs, "portacnn_images_per_s": summarize(ours)}
+        if theirs:
+            row["torch_images_per_s"] = summarize(theirs)
+            row["ratio_portacnn_over_torch"] = statistics.median(ours) / statistics.median(theirs)
+        rows.append(row)
+    return rows
+
+
+def tutorial(backend, args):
+    """Tutorial-style NumPy LeNet-5 on a subset, scaled to an epoch of --images."""
+    from tutorial_lenet import TutorialLeNet
+
+    n = min(args.tutorial_images, args.images)
+    x, y = dataset(n, args.dtype)
+    net = TutorialLeNet(lenet5(seed=0), lr=LR, momentum=MOMENTUM)
+    times = []
+    for r in range(2):
+        t0 = time.perf_counter()
+        for s in range(0, n, args.batch_size):
+            net.train_step(x[s:s + args.batch_size], y[s:s + args.batch_size])
+        if r:
+            times.append((time.perf_counter() - t0) * args.images / n)
+    return {"images_timed": n, "epoch_seconds_scaled": summarize(times)}
+
+
+def _memory_probe(backend):
+    if backend.name == "cupy":
+        pool = backend._native.get_default_memory_pool()
+        return lambda: pool.total_bytes(), pool.free_all_blocks
+    return None, None
+
+
+def _peak_bytes(fn, backend):
+    used, reset = _memory_probe(backend)
+    if used is not None:
+        reset()
+        fn()
+        backend.synchronize()
+        return used()
+    if backend.name not in ("numpy", "array_api_strict"):
+        fn()
+        return None
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _lenet_for(size, backend, dtype):
+    """LeNet-5's layers for a size x size input (the first dense layer grows with it)."""
+    return Sequential([Conv2D(6, 5, padding=2), Tanh(), AvgPool2D(2), Conv2D(16, 5), Tanh(),
+                       AvgPool2D(2), Flatten(), Dense(120), Tanh(), Dense(84), Tanh(),
+                       Dense(10)], input_shape=(1, size, size), device=backend, dtype=dtype)
+
+
+def scaling(backend, args):
+    """Training time per image and peak memory as the batch and the image grow."""
+    rows = []
+    configs = [(bs, 28) for bs in args.scale_batches] + [(64, s) for s in (56, 112)]
+    for bs, size in configs:
+        model = _lenet_for(size, backend, args.dtype)
+        opt = SGD(LR, momentum=MOMENTUM)
+        steps = max(2, min(40, 2048 // bs)) if size == 28 else 6
+        rng = np.random.default_rng(0)
+        x = backend.asarray(rng.normal(size=(bs, 1, size, size)), dtype=args.dtype)
+        y = backend.asarray(rng.integers(0, 10, bs))
+        model.train_step(x, y, opt)                               # warm-up
+        per_image = []
+        for _ in range(args.repeats):
+            t = timed(lambda: [model.train_step(x, y, opt) for _ in range(steps)], backend)
+            per_image.append(t / (steps * bs))
+        peak = _peak_bytes(lambda: model.train_step(x, y, opt), backend)
+        rows.append({"batch_size": bs, "image_size": size, "us_per_image": summarize(
+            [p * 1e6 for p in per_image]), "peak_mib": None if peak is None else peak / 2**20})
+    return rows
+
+
+def memory_over_epochs(backend, args):
+    """Traced memory after each of three epochs: it should not grow."""
+    x, y = dataset(min(args.images, 6000), args.dtype)
+    model = lenet5(device=backend, dtype=args.dtype, seed=0)
+    opt = SGD(LR, momentum=MOMENTUM)
+    if backend.name not in ("numpy", "array_api_strict"):
+        return None
+    tracemalloc.start()
+    try:
+        out = []
+        for _ in range(3):
+            model.fit(x, y, epochs=1, batch_size=args.batch_size, optimizer=opt, verbose=0)
+            gc.collect()
+            out.append(tracemalloc.get_traced_memory()[0] / 2**20)
+        return out
+    finally:
+        tracemalloc.stop()
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu, gpu, cuda:N, or a namespace name")
+    p.add_argument("--images", type=int, default=60_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts to compare at")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--infer-batches", type=lambda s: [int(v) for v in s.split(",")],
+                   default=[64, 256, 1024])
+    p.add_argument("--scale-batches", type=lambda s: [int(v) for v in s.split(",")],
+                   default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--compare-torch", action="store_true",
+                   help="also time LeNet-5 written in torch.nn, interleaved")
+    p.add_argument("--compare-tutorial", action="store_true",
+                   help="also time the tutorial-style NumPy implementation (CPU)")
+    p.add_argument("--tutorial-images", type=int, default=3200)
+    p.add_argument("--sections", default="layers,train,infer,scaling,memory")
+    p.add_argument("--quick", action="store_true", help="6,000 images and 2 repeats")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = min(args.images, 6000), min(args.repeats, 2)
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.sections = set(args.sections.split(","))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch = None
+    if args.compare_torch:
+        try:
+            import torch
+        except ImportError:
+            print("--compare-torch needs PyTorch: pip install torch (a CPU build is enough)",
+                  file=sys.stderr)
+            return 2
+    try:
+        backend = portacnn.get_backend(args.device)
+    except portacnn.DeviceError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    report = {"machine": machine_info(backend), "args": {k: (sorted(v) if isinstance(v, set)
+              else v) for k, v in vars(args).items() if k != "json"}, "by_threads": []}
+    if torch is not None:
+        report["machine"]["torch"] = torch.__version__
+    print("portacnn benchmark:", json.dumps(report["machine"]))
+    print(f"LeNet-5, {args.dtype}, batch {args.batch_size}, {args.images:,} images, "
+          f"SGD lr {LR} momentum {MOMENTUM}, median [min-max] of {args.repeats} runs\n")
+    for threads in args.threads:
+        with backend.limit_threads(threads):
+            if torch is not None:
+                torch.set_num_threads(threads)
+            pools = backend.thread_info()
+            if torch is not None:
+                pools["torch"] = torch.get_num_threads()
+            print(f"== threads: {pools}")
+            entry = {"threads": threads, "pools": pools}
+            if "layers" in args.sections:
+                entry["layers"] = per_layer(backend, args.batch_size, args.dtype, args.repeats,
+                                            torch)
+                print(f"  {'layer':<10} {'fwd ms':>8} {'bwd ms':>8}"
+                      + (f" {'torch fwd':>10} {'torch bwd':>10}" if torch else ""))
+                for row in entry["layers"]:
+                    print(f"  {row['layer']:<10} {row['forward_ms']:8.3f} {row['backward_ms']:8.3f}"
+                          + (f" {row['torch_forward_ms']:10.3f} {row['torch_backward_ms']:10.3f}"
+                             if torch else ""))
+            if "train" in args.sections:
+                print(f"  training epoch ({args.images:,} images):")
+                tr = entry["train"] = train_epochs(backend, args, threads, torch)
+                print(f"  portacnn: {fmt(tr['portacnn'])}")
+                if torch is not None:
+                    print(f"  pytorch:  {fmt(tr['torch'])}")
+                    print(f"  ratio portacnn/pytorch: {fmt(tr['ratio_portacnn_over_torch'], 'x')}"
+                          f"  (first-epoch loss {tr['portacnn_loss_first_epoch']:.4f} vs "
+                          f"{tr['torch_loss_first_epoch']:.4f})")
+            if "infer" in args.sections:
+                entry["inference"] = inference(backend, args, torch)
+                for row in entry["inference"]:
+                    line = (f"  inference batch {row['batch_size']:>5}: portacnn "
+                            f"{row['portacnn_images_per_s']['median']:>9,.0f} images/s")
+                    if "torch_images_per_s" in row:
+                        line += (f", pytorch {row['torch_images_per_s']['median']:>9,.0f} images/s"
+                                 f", ratio {row['ratio_portacnn_over_torch']:.2f}x")
+                    print(line)
+            if args.compare_tutorial and threads == args.threads[0] and backend.name == "numpy":
+                tut = entry["tutorial"] = tutorial(backend, args)
+                ours = entry.get("train", {}).get("portacnn", {}).get("median")
+                print(f"  tutorial-style NumPy: {fmt(tut['epoch_seconds_scaled'])} per epoch "
+                      f"(scaled from {tut['images_timed']:,} images)"
+                      + (f"; portacnn is {tut['epoch_seconds_scaled']['median'] / ours:.1f}x "
+                         "faster" if ours else ""))
+            if threads == args.threads[0]:
+                if "scaling" in args.sections:
+                    report["scaling"] = scaling(backend, args)
+                    print("  scaling (training, per image):")
+                    for row in report["scaling"]:
+                        mem = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.1f} MiB"
+                        print(f"    batch {row['batch_size']:>4}, {row['image_size']:>3}px: "
+                              f"{row['us_per_image']['median']:8.1f} us/image, peak {mem}")
+                if "memory" in args.sections:
+                    report["memory_mib_after_epochs"] = memory_over_epochs(backend, args)
+                    print(f"  traced memory after epochs 1-3: {report['memory_mib_after_epochs']}")
+            report["by_threads"].append(entry)
+            print()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
