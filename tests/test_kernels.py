@@ -95,6 +95,8 @@ POOL_CASES = [
     ((2, 1, 9, 7), (2, 3), (3, 1), 0),
     ((1, 2, 6, 6), 3, 3, "same"),
     ((2, 2, 10, 10), 3, 1, "valid"),
+    ((2, 2, 9, 7), 2, None, 0),               # non-overlapping; last row and column left out
+    ((1, 2, 7, 9), (3, 2), (3, 2), 0),
 ]
 
 
@@ -274,3 +276,12 @@ def test_batch_minor_output_is_row_major_in_memory():
     assert y.flags["C_CONTIGUOUS"]      # later layers must not walk a batch-innermost layout
     dx, _, _ = K.conv2d_backward(np.ones(y.shape, np.float32), w, cache)
     assert dx.flags["C_CONTIGUOUS"]
+
+
+def test_repeat_pixels_is_nearest_neighbour_upsampling(backend):
+    from portacnn.kernels.unfold import repeat_pixels
+
+    x = np.arange(12.0).reshape(1, 2, 2, 3)
+    got = backend.to_numpy(repeat_pixels(backend.asarray(x), (2, 3)))
+    assert got.shape == (1, 2, 4, 9)
+    assert np.array_equal(got, np.repeat(np.repeat(x, 2, axis=2), 3, axis=3))

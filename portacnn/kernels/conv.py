@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from ..runtime import namespace
 from .unfold import Geometry, _cols, _fold, check_nchw, crop, geometry, pad_batch_minor, \
-    scatter_add_windows, windows
+    window_slice, windows
 
 __all__ = ["conv2d_forward", "conv2d_backward", "ConvCache", "SHORT_ROW"]
 
@@ -124,9 +124,26 @@ def conv2d_backward(dy, weight, cache: ConvCache, need_dx: bool = True):
         dweight = xp.matrix_transpose(cols @ xp.matrix_transpose(dy_mat))
         dbias = xp.sum(dy_mat, axis=1)
         if need_dx:
-            dwin = xp.reshape(xp.matrix_transpose(w_mat) @ dy_mat, (c, g.window, oh, ow, n))
-            h, w = input_shape[2:]
-            padded = (c, h + g.top + g.bottom, w + g.left + g.right, n)
-            dx_cm = crop(scatter_add_windows(dwin, g, padded, axis=1), g, axis=1)  # (C, H, W, N)
-            dx = _contiguous(xp, xp.permute_dims(dx_cm, (3, 0, 1, 2)))
+            dx = _input_grad_batch_minor(dy_mat, weight, g, input_shape)
     return dx, xp.reshape(dweight, weight.shape), dbias
+
+
+def _input_grad_batch_minor(dy_mat, weight, g: Geometry, input_shape):
+    """dx = col2im(W^T @ dy), computed one kernel offset at a time.
+
+    For offset k = (i, j), ``W[:, :, i, j]^T @ dy`` is the gradient of the window slice at
+    that offset; adding each straight into the padded buffer keeps the (C, OH*OW*N) piece in
+    cache instead of writing and re-reading the whole (C*kh*kw, OH*OW*N) matrix: 1.39 ->
+    1.01 ms on LeNet's second layer (batch 64, 1 thread).
+    """
+    xp = namespace(dy_mat, weight)
+    f, c = weight.shape[:2]
+    n, _, h, w = input_shape
+    per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (g.window, c, f))  # (K, C, F)
+    buf = xp.zeros((c, h + g.top + g.bottom, w + g.left + g.right, n), dtype=dy_mat.dtype,
+                   device=dy_mat.device)
+    for k, (i, j) in enumerate((i, j) for i in range(g.kh) for j in range(g.kw)):
+        buf[window_slice(g, i, j, axis=1)] += xp.reshape(per_offset[k, ...] @ dy_mat,
+                                                         (c, g.oh, g.ow, n))
+    dx_cm = crop(buf, g, axis=1)                                                # (C, H, W, N)
+    return _contiguous(xp, xp.permute_dims(dx_cm, (3, 0, 1, 2)))
