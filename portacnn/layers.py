@@ -420,7 +420,7 @@ class Flatten(Layer):
 
     def _forward(self, x):
         self._cache = tuple(x.shape)
-        return self.xp.reshape(x, (x.shape[0], -1))
+        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))   # -1 fails for N=0
 
     def _backward(self, dy):
         return self.xp.reshape(dy, self._cache)

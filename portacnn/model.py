@@ -241,6 +241,8 @@ class Sequential:
                     f"({self.backend.device}): pass a host NumPy array or move it with "
                     "model.backend.asarray(x)"
                 )
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{what} has no samples (shape {tuple(x.shape)})")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{what} has shape {tuple(x.shape)} but the model expects "
                              f"(N, {', '.join(map(str, self.input_shape))})")
@@ -359,9 +361,17 @@ class Sequential:
         self.train()
         return history
 
+    def _inference_step(self, batch_size: int) -> int:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        chunk = self.backend.inference_chunk
+        return batch_size if chunk is None else min(batch_size, chunk)
+
     def evaluate(self, x, y, batch_size: int = 256):
         """Mean loss and accuracy on ``(x, y)`` in eval mode. Returns ``(loss, accuracy)``
-        (accuracy is None for the MSE loss)."""
+        (accuracy is None for the MSE loss). On CPU backends at most
+        ``backend.inference_chunk`` images go through the network at once (faster, same
+        result)."""
         self._require_built()
         self._check_data(x, y)
         was_training = self.training
@@ -370,7 +380,7 @@ class Sequential:
         xp = self.backend.xp
         total_loss = xp.zeros((), dtype=self.backend.dtype(self.dtype_name), device=self.backend.device)
         total_hits = total_loss * 0
-        for xb, yb in self._batches(x, y, batch_size):
+        for xb, yb in self._batches(x, y, self._inference_step(batch_size)):
             logits = self.forward(xb)
             loss, _ = loss_fn(logits, yb)
             total_loss = total_loss + loss * xb.shape[0]
@@ -386,7 +396,9 @@ class Sequential:
         """Class probabilities (softmax of the logits) for ``x``, in eval mode.
 
         Returns an (N, classes) array on the model's device (``model.backend.to_numpy`` copies
-        it to the host); with the MSE loss, the raw outputs.
+        it to the host); with the MSE loss, the raw outputs. On CPU backends at most
+        ``backend.inference_chunk`` images go through the network at once (faster, same
+        result).
         """
         self._require_built()
         self._check_data(x)
@@ -394,7 +406,7 @@ class Sequential:
         self.eval()
         xp = self.backend.xp
         outs = []
-        for xb, _ in self._batches(x, None, batch_size):
+        for xb, _ in self._batches(x, None, self._inference_step(batch_size)):
             out = self.forward(xb)
             outs.append(K.softmax(out, axis=1) if self.loss_name == "cross_entropy" else out)
         self.train(was_training)

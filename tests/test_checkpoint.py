@@ -11,6 +11,8 @@ from portacnn import CheckpointError, Dropout, get_backend
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
+from conftest import assert_close
+
 pytest.importorskip("safetensors", reason="safetensors is a dependency")
 
 
@@ -33,7 +35,11 @@ def test_round_trip_on_every_backend_predicts_identically(trained, tmp_path, cor
     assert loaded.backend == core_backend
     expected = model.predict(x)
     got = core_backend.to_numpy(loaded.predict(core_backend.asarray(x)))
-    assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    if core_backend.name in ("numpy", "array_api_strict"):
+        assert np.array_equal(got, expected)          # the same arithmetic, bit for bit
+    else:
+        # another BLAS sums in another order (torch may even vary run to run): float32 rounding
+        assert_close(got, expected, dtype="float32")
     assert [type(a) for a in loaded.layers] == [type(b) for b in model.layers]
     assert isinstance(loaded.optimizer, Adam) and loaded.optimizer.steps == 8
     assert set(loaded.optimizer.state) == set(model.optimizer.state)

@@ -208,6 +208,9 @@ def test_data_errors_at_the_boundary():
         model.forward(strict_x)
     with pytest.raises(TypeError, match="the model is float32 but the input is float64"):
         model.forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"x has no samples \(shape \(0, 1, 6, 6\)\)"):
+        model.predict(x[:0])
+    assert model.forward(x[:0]).shape == (0, 3)        # an empty batch flows through
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         Sequential(loss="hinge")
 
