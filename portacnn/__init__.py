@@ -11,15 +11,16 @@ backend is chosen in :mod:`portacnn.runtime` and nowhere else.
 
 from . import data, kernels, models, optim
 from .checkpoint import CheckpointError, load
-from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
-                     Sigmoid, Tanh)
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer,
+                     MaxPool2D, MinPool2D, ReLU, Sigmoid, Tanh, Upsample2D)
 from .model import History, Sequential
 from .runtime import Backend, DeviceError, get_backend
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvgPool2D", "Backend", "CheckpointError", "Conv2D", "Dense", "DeviceError", "Dropout",
-    "Flatten", "History", "Layer", "MaxPool2D", "ReLU", "Sequential", "Sigmoid", "Tanh", "data",
+    "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "CheckpointError", "Conv2D", "Dense",
+    "DeviceError", "Dropout", "Flatten", "History", "Layer", "MaxPool2D", "MinPool2D", "ReLU",
+    "Sequential", "Sigmoid", "Tanh", "Upsample2D", "data",
     "get_backend", "kernels", "load", "models", "optim", "__version__",
 ]

@@ -39,7 +39,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train LeNet-5 on MNIST (the bundled sample by default).")
     p.add_argument("--device", default=None,
                    help="cpu (NumPy) or gpu / cuda:N (CuPy); default $PORTACNN_DEVICE or cpu")
-    p.add_argument("--model", default="lenet5", choices=["lenet5", "lenet5-relu"])
+    p.add_argument("--model", default="lenet5", choices=["lenet5", "lenet5-relu", "lenet5-bn"],
+                   help="lenet5: tanh + average pooling; lenet5-relu: ReLU + max pooling; "
+                        "lenet5-bn: lenet5-relu with batch normalisation")
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--lr", type=_positive_float, default=None,

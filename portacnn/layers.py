@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 
 from . import kernels as K
-from .kernels.unfold import check_nchw, check_padding, geometry, kernel_pair, stride_pair
+from .kernels.unfold import (check_nchw, check_padding, check_padding_mode, geometry, kernel_pair,
+                             stride_pair)
 from .runtime import Backend, PortableRNG, backend_of, get_backend
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "Flatten", "ReLU", "Tanh",
-           "Sigmoid", "Dropout", "LAYERS"]
+__all__ = ["Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
+           "BatchNorm1D", "Dense", "Flatten", "ReLU", "Tanh", "Sigmoid", "Dropout", "LAYERS"]
 
 
 class Layer:
@@ -146,6 +147,20 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def _padding_spec(padding, padding_mode):
+    """Validated ``(padding, padding_mode)``: a mode string or an (ph, pw) tuple."""
+    check_padding(padding)
+    check_padding_mode(padding_mode)
+    if isinstance(padding, str):
+        return padding, padding_mode
+    return tuple(padding if isinstance(padding, (tuple, list)) else (padding, padding)), padding_mode
+
+
+def _padding_text(layer) -> str:
+    pad = layer.padding if isinstance(layer.padding, str) else _hw(layer.padding)
+    return pad + (", replicate" if layer.padding_mode == "replicate" else "")
+
+
 def _maybe_build_now(layer: Layer, input_shape, device, seed) -> None:
     if input_shape is not None:
         layer.build(input_shape, get_backend(device), get_backend(device).rng(seed))
@@ -160,6 +175,7 @@ class Conv2D(Layer):
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
             :mod:`portacnn.kernels.unfold`).
+        padding_mode: ``"zeros"`` (default) or ``"replicate"`` (edge pixels repeated).
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).
         init: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).
@@ -170,8 +186,8 @@ class Conv2D(Layer):
     """
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, *, in_channels=None,
-                 bias: bool = True, init: str = "glorot", dtype: str = "float32", device=None,
-                 seed=None, name=None):
+                 bias: bool = True, init: str = "glorot", padding_mode: str = "zeros",
+                 dtype: str = "float32", device=None, seed=None, name=None):
         super().__init__(dtype=dtype, name=name)
         if not isinstance(out_channels, int) or out_channels <= 0:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
@@ -180,9 +196,7 @@ class Conv2D(Layer):
         self.out_channels = out_channels
         self.kernel_size = kernel_pair(kernel_size)
         self.stride = stride_pair(stride)
-        check_padding(padding)
-        self.padding = padding if isinstance(padding, str) else tuple(
-            padding if isinstance(padding, (tuple, list)) else (padding, padding))
+        self.padding, self.padding_mode = _padding_spec(padding, padding_mode)
         self.in_channels = in_channels
         self.use_bias = bias
         self.init = init
@@ -198,7 +212,7 @@ class Conv2D(Layer):
             raise ValueError(f"{self.name} expects {self.in_channels} input channel(s), got {c}")
         if h is None:
             return (self.out_channels, None, None)
-        g = geometry((h, w), self.kernel_size, self.stride, self.padding)
+        g = geometry((h, w), self.kernel_size, self.stride, self.padding, self.padding_mode)
         return (self.out_channels, g.oh, g.ow)
 
     def build(self, input_shape, backend=None, rng=None):
@@ -213,8 +227,7 @@ class Conv2D(Layer):
 
     def describe(self):
         kh, kw = self.kernel_size
-        pad = self.padding if isinstance(self.padding, str) else _hw(self.padding)
-        return f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, pad {pad}"
+        return f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, pad {_padding_text(self)}"
 
     def _build(self, input_shape, rng):
         c = input_shape[0]
@@ -239,7 +252,7 @@ class Conv2D(Layer):
 
     def _forward(self, x):
         y, cache = K.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                    self.stride, self.padding)
+                                    self.stride, self.padding, padding_mode=self.padding_mode)
         self._cache = cache if self.training else None
         return y
 
@@ -256,7 +269,7 @@ class Conv2D(Layer):
                 "stride": list(self.stride),
                 "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
                 "in_channels": self.in_channels, "bias": self.use_bias, "init": self.init,
-                **super().get_config()}
+                "padding_mode": self.padding_mode, **super().get_config()}
 
 
 def _hw(pair) -> str:
@@ -274,25 +287,24 @@ class _Pool2D(Layer):
     _forward_fn = None
     _backward_fn = None
 
-    def __init__(self, kernel_size=2, stride=None, padding=0, *, dtype="float32", name=None):
+    def __init__(self, kernel_size=2, stride=None, padding=0, *, padding_mode="zeros",
+                 dtype="float32", name=None):
         super().__init__(dtype=dtype, name=name)
         self.kernel_size = kernel_pair(kernel_size)
         self.stride = self.kernel_size if stride is None else stride_pair(stride)
-        check_padding(padding)
-        self.padding = padding if isinstance(padding, str) else tuple(
-            padding if isinstance(padding, (tuple, list)) else (padding, padding))
+        self.padding, self.padding_mode = _padding_spec(padding, padding_mode)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"{self.name} expects (C, H, W) inputs, got {tuple(input_shape)}")
         c, h, w = input_shape
-        g = geometry((h, w), self.kernel_size, self.stride, self.padding)
+        g = geometry((h, w), self.kernel_size, self.stride, self.padding, self.padding_mode)
         return (c, g.oh, g.ow)
 
     _strict_shape = False
 
     def describe(self):
-        pad = self.padding if isinstance(self.padding, str) else _hw(self.padding)
+        pad = _padding_text(self)
         return f"{self.kernel_size[0]}x{self.kernel_size[1]}, stride {_hw(self.stride)}" + (
             f", pad {pad}" if pad not in ("0", "valid") else "")
 
@@ -301,7 +313,8 @@ class _Pool2D(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, cache = type(self)._forward_fn(x, self.kernel_size, self.stride, self.padding)
+        y, cache = type(self)._forward_fn(x, self.kernel_size, self.stride, self.padding,
+                                          self.padding_mode)
         self._cache = cache if self.training else None
         return y
 
@@ -311,7 +324,7 @@ class _Pool2D(Layer):
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-                **super().get_config()}
+                "padding_mode": self.padding_mode, **super().get_config()}
 
 
 class MaxPool2D(_Pool2D):
@@ -323,6 +336,17 @@ class MaxPool2D(_Pool2D):
 
     _forward_fn = staticmethod(K.max_pool2d_forward)
     _backward_fn = staticmethod(K.max_pool2d_backward)
+
+
+class MinPool2D(_Pool2D):
+    """Min pooling (pads with +inf). Gradient goes to the first minimum of each window.
+
+    Args: kernel_size (int or pair, default 2), stride (default: the kernel size), padding,
+    padding_mode. Shapes: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    _forward_fn = staticmethod(K.min_pool2d_forward)
+    _backward_fn = staticmethod(K.min_pool2d_backward)
 
 
 class AvgPool2D(_Pool2D):
@@ -408,6 +432,126 @@ class Dense(Layer):
     def get_config(self):
         return {"out_features": self.out_features, "in_features": self.in_features,
                 "bias": self.use_bias, "init": self.init, **super().get_config()}
+
+
+class Upsample2D(Layer):
+    """Nearest-neighbour upsampling: every pixel becomes an (rh, rw) block.
+
+    Args: scale (int or (rh, rw), default 2). Shapes: (N, C, H, W) -> (N, C, H*rh, W*rw).
+    Backward sums the gradient over each block.
+    """
+
+    _strict_shape = False
+
+    def __init__(self, scale=2, *, dtype="float32", name=None):
+        super().__init__(dtype=dtype, name=name)
+        try:
+            self.scale = kernel_pair(scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale must be a positive int or pair, got {scale!r}") from None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name} expects (C, H, W) inputs, got {tuple(input_shape)}")
+        c, h, w = input_shape
+        return (c, h * self.scale[0], w * self.scale[1])
+
+    def describe(self):
+        return f"x{self.scale[0]}" if self.scale[0] == self.scale[1] else f"x{self.scale}"
+
+    def forward(self, x):
+        check_nchw(x, f"the input to {self.name}")
+        return super().forward(x)
+
+    def _forward(self, x):
+        self._cache = True
+        return K.upsample_nearest_forward(x, self.scale)
+
+    def _backward(self, dy):
+        return K.upsample_nearest_backward(dy, self.scale)
+
+    def get_config(self):
+        return {"scale": list(self.scale), **super().get_config()}
+
+
+class _BatchNorm(Layer):
+    _ndim = None
+
+    def __init__(self, num_features=None, *, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype="float32", device=None, name=None):
+        super().__init__(dtype=dtype, name=name)
+        if num_features is not None and (not isinstance(num_features, int) or num_features <= 0):
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.num_features = num_features
+        self.eps, self.momentum = float(eps), float(momentum)
+        shape = None if num_features is None else (num_features,) + (None,) * (self._ndim - 2)
+        _maybe_build_now(self, shape, device, None)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != self._ndim - 1:
+            raise ValueError(f"{self.name} expects {self._ndim}-D input, i.e. per-sample shape of "
+                             f"{self._ndim - 1} axes, got {tuple(input_shape)}")
+        if self.num_features is not None and input_shape[0] != self.num_features:
+            raise ValueError(f"{self.name} has {self.num_features} features, got "
+                             f"{input_shape[0]}")
+        return tuple(input_shape)
+
+    _strict_shape = False
+
+    def _build(self, input_shape, rng):
+        self.num_features = c = input_shape[0]
+        xp, dev = self.xp, self.backend.device
+        self.params["weight"] = xp.ones((c,), dtype=self.dtype, device=dev)
+        self.params["bias"] = xp.zeros((c,), dtype=self.dtype, device=dev)
+        self.buffers["running_mean"] = xp.zeros((c,), dtype=self.dtype, device=dev)
+        self.buffers["running_var"] = xp.ones((c,), dtype=self.dtype, device=dev)
+
+    def describe(self):
+        return f"{self.num_features}, momentum {self.momentum}"
+
+    def forward(self, x):
+        if x.ndim != self._ndim:
+            raise ValueError(f"{self.name} expects {self._ndim}-D input, got shape {tuple(x.shape)}")
+        return super().forward(x)
+
+    def _forward(self, x):
+        y, cache, mean, var = K.batchnorm_forward(
+            x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+            self.buffers["running_var"], training=self.training, momentum=self.momentum,
+            eps=self.eps)
+        self.buffers["running_mean"], self.buffers["running_var"] = mean, var
+        self._cache = cache if self.training else None
+        return y
+
+    def _backward(self, dy):
+        dx, self.grads["weight"], self.grads["bias"] = K.batchnorm_backward(dy, self._cache)
+        return dx
+
+    def get_config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                **super().get_config()}
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input per channel, over (N, H, W).
+
+    Learnable scale ``params["weight"]`` (ones) and shift ``params["bias"]`` (zeros), shape (C,);
+    ``buffers["running_mean"]`` / ``["running_var"]`` updated with ``momentum`` in training (as in
+    PyTorch: unbiased variance) and used in eval mode. Saved with checkpoints.
+    """
+
+    _ndim = 4
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation of (N, F) dense activations per feature, over N (see
+    :class:`BatchNorm2D`)."""
+
+    _ndim = 2
 
 
 class Flatten(Layer):
@@ -507,5 +651,6 @@ class Dropout(Layer):
         return {"p": self.p, "seed": self.seed, **super().get_config()}
 
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, ReLU, Tanh,
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, MinPool2D, AvgPool2D, Upsample2D,
+                                        BatchNorm2D, BatchNorm1D, Dense, Flatten, ReLU, Tanh,
                                         Sigmoid, Dropout)}

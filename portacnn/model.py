@@ -168,6 +168,9 @@ class Sequential:
                f"input (N, {', '.join(map(str, self.input_shape))})", line, fmt(head), line]
         out += [fmt(r) for r in rows]
         out += [line, f"Total params: {self.num_params():,}"]
+        buffers = sum(math.prod(b.shape) for layer in self.layers for b in layer.buffers.values())
+        if buffers:
+            out.append(f"Buffers (running statistics, not trained): {buffers:,}")
         text = "\n".join(out)
         print(text, file=file or sys.stdout)
         return text

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
+from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
 from .model import Sequential
 
 __all__ = ["lenet5", "MODELS"]
 
 
-def lenet5(activation: str = "tanh", pool: str = "avg", *, input_shape=(1, 28, 28),
-           num_classes: int = 10, device=None, dtype: str = "float32", seed: int | None = 0):
+def lenet5(activation: str = "tanh", pool: str = "avg", *, batchnorm: bool = False,
+           input_shape=(1, 28, 28), num_classes: int = 10, device=None, dtype: str = "float32",
+           seed: int | None = 0):
     """LeNet-5 (LeCun et al., 1998) as in the tutorials.
 
     conv 6@5x5 -> act -> pool 2 -> conv 16@5x5 -> act -> pool 2 -> dense 400->120->84->10.
@@ -19,6 +20,8 @@ def lenet5(activation: str = "tanh", pool: str = "avg", *, input_shape=(1, 28, 2
     Args:
         activation: ``"tanh"`` (classic, Glorot init) or ``"relu"`` (He init).
         pool: ``"avg"`` (classic) or ``"max"``.
+        batchnorm: put batch normalisation between each convolution / hidden dense layer and
+            its activation (those layers then have no bias: the norm's shift replaces it).
         input_shape: ``(1, 28, 28)`` or ``(1, 32, 32)`` (channels may differ).
         num_classes, device, dtype, seed: as for :class:`~portacnn.model.Sequential`.
 
@@ -35,13 +38,19 @@ def lenet5(activation: str = "tanh", pool: str = "avg", *, input_shape=(1, 28, 2
     act = Tanh if activation == "tanh" else ReLU
     init = "glorot" if activation == "tanh" else "he"
     pooling = AvgPool2D if pool == "avg" else MaxPool2D
+    bias = not batchnorm
+
+    def norm(cls, name):
+        return [cls(name=name)] if batchnorm else []
+
     layers = [
-        Conv2D(6, 5, padding=2 if h == 28 else 0, init=init, name="conv1"), act(),
-        pooling(2, name="pool1"),
-        Conv2D(16, 5, init=init, name="conv2"), act(), pooling(2, name="pool2"),
+        Conv2D(6, 5, padding=2 if h == 28 else 0, init=init, bias=bias, name="conv1"),
+        *norm(BatchNorm2D, "bn1"), act(), pooling(2, name="pool1"),
+        Conv2D(16, 5, init=init, bias=bias, name="conv2"), *norm(BatchNorm2D, "bn2"), act(),
+        pooling(2, name="pool2"),
         Flatten(),
-        Dense(120, init=init, name="fc1"), act(),
-        Dense(84, init=init, name="fc2"), act(),
+        Dense(120, init=init, bias=bias, name="fc1"), *norm(BatchNorm1D, "bn3"), act(),
+        Dense(84, init=init, bias=bias, name="fc2"), *norm(BatchNorm1D, "bn4"), act(),
         Dense(num_classes, init="glorot", name="fc3"),
     ]
     return Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
@@ -50,4 +59,5 @@ def lenet5(activation: str = "tanh", pool: str = "avg", *, input_shape=(1, 28, 2
 MODELS = {
     "lenet5": lambda **kw: lenet5("tanh", "avg", **kw),
     "lenet5-relu": lambda **kw: lenet5("relu", "max", **kw),
+    "lenet5-bn": lambda **kw: lenet5("relu", "max", batchnorm=True, **kw),
 }

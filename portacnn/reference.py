@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_pool2d_backward",
-           "avg_pool2d", "avg_pool2d_backward", "dense", "dense_backward",
-           "softmax_cross_entropy", "mse"]
+           "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dense",
+           "dense_backward", "softmax_cross_entropy", "mse", "upsample_nearest",
+           "upsample_nearest_backward", "batchnorm_train", "pad_replicate"]
 
 
 def _two(v):
@@ -32,23 +33,36 @@ def pads(size, k, s, padding):
     return padding, padding
 
 
-def _padded(x, kh, kw, stride, padding, fill=0.0):
+def pad_replicate(x, top, bottom, left, right):
+    """Pad by repeating edge pixels, one output pixel at a time: the nearest in-range pixel."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            out[:, :, i, j] = x[:, :, min(max(i - top, 0), h - 1), min(max(j - left, 0), w - 1)]
+    return out
+
+
+def _padded(x, kh, kw, stride, padding, fill=0.0, mode="zeros"):
     sh, sw = _two(stride)
     ph, pw = (padding, padding) if isinstance(padding, str) else _two(padding)
     n, c, h, w = x.shape
     top, bottom = pads(h, kh, sh, ph)
     left, right = pads(w, kw, sw, pw)
-    xp = np.full((n, c, h + top + bottom, w + left + right), fill, dtype=x.dtype)
-    xp[:, :, top:top + h, left:left + w] = x
+    if mode == "replicate":
+        xp = pad_replicate(x, top, bottom, left, right)
+    else:
+        xp = np.full((n, c, h + top + bottom, w + left + right), fill, dtype=x.dtype)
+        xp[:, :, top:top + h, left:left + w] = x
     oh = (h + top + bottom - kh) // sh + 1
     ow = (w + left + right - kw) // sw + 1
     return xp, (top, left), (sh, sw), (oh, ow)
 
 
-def conv2d(x, weight, bias, stride=1, padding=0):
+def conv2d(x, weight, bias, stride=1, padding=0, padding_mode="zeros"):
     """y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c, i*sh + u, j*sw + v]."""
     f_out, _, kh, kw = weight.shape
-    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, mode=padding_mode)
     y = np.zeros((x.shape[0], f_out, oh, ow), dtype=x.dtype)
     for n in range(x.shape[0]):
         for f in range(f_out):
@@ -59,10 +73,10 @@ def conv2d(x, weight, bias, stride=1, padding=0):
     return y
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, padding_mode="zeros"):
     """(dx, dw, db) by accumulating every output pixel's contribution, one at a time."""
     f_out, _, kh, kw = weight.shape
-    xp, (top, left), (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    xp, (top, left), (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, mode=padding_mode)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(weight)
     for n in range(x.shape[0]):
@@ -72,8 +86,19 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0):
                     g = dy[n, f, i, j]
                     dw[f] += g * xp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
                     dxp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += g * weight[f]
-    h, w = x.shape[2:]
-    return dxp[:, :, top:top + h, left:left + w], dw, dy.sum(axis=(0, 2, 3))
+    return _unpad(dxp, x.shape, top, left, padding_mode), dw, dy.sum(axis=(0, 2, 3))
+
+
+def _unpad(dxp, shape, top, left, mode):
+    """Gradient of the padding: crop, or send each padded pixel's gradient to its source."""
+    h, w = shape[2:]
+    if mode != "replicate":
+        return dxp[:, :, top:top + h, left:left + w]
+    dx = np.zeros(shape, dtype=dxp.dtype)
+    for i in range(dxp.shape[2]):
+        for j in range(dxp.shape[3]):
+            dx[:, :, min(max(i - top, 0), h - 1), min(max(j - left, 0), w - 1)] += dxp[:, :, i, j]
+    return dx
 
 
 def im2col(x, kernel_size, stride=1, padding=0):
@@ -92,10 +117,10 @@ def im2col(x, kernel_size, stride=1, padding=0):
     return cols
 
 
-def _pool(x, kernel_size, stride, padding, fill, reduce):
+def _pool(x, kernel_size, stride, padding, fill, reduce, mode="zeros"):
     kh, kw = _two(kernel_size)
     stride = (kh, kw) if stride is None else stride
-    xp, offsets, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, fill)
+    xp, offsets, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, fill, mode)
     y = np.zeros(x.shape[:2] + (oh, ow), dtype=x.dtype)
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -105,14 +130,15 @@ def _pool(x, kernel_size, stride, padding, fill, reduce):
     return y, xp, offsets, (sh, sw), (kh, kw)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
+def max_pool2d(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """y[n, c, i, j] = max of the window (padding is -inf)."""
-    return _pool(x, kernel_size, stride, padding, -np.inf, np.max)[0]
+    return _pool(x, kernel_size, stride, padding, -np.inf, np.max, padding_mode)[0]
 
 
-def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """Each dy goes to the first maximum of its window in row-major order."""
-    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, -np.inf, np.max)
+    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, -np.inf, np.max,
+                                                   padding_mode)
     dxp = np.zeros_like(xp)
     for n in range(dy.shape[0]):
         for c in range(dy.shape[1]):
@@ -121,26 +147,84 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
                     window = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
                     u, v = divmod(int(np.argmax(window)), kw)
                     dxp[n, c, i * sh + u, j * sw + v] += dy[n, c, i, j]
-    h, w = x.shape[2:]
-    return dxp[:, :, top:top + h, left:left + w]
+    return _unpad(dxp, x.shape, top, left, padding_mode)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
+def min_pool2d(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
+    """y[n, c, i, j] = min of the window (padding is +inf)."""
+    return _pool(x, kernel_size, stride, padding, np.inf, np.min, padding_mode)[0]
+
+
+def min_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
+    """Each dy goes to the first minimum of its window in row-major order."""
+    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, np.inf, np.min,
+                                                   padding_mode)
+    dxp = np.zeros_like(xp)
+    for n in range(dy.shape[0]):
+        for c in range(dy.shape[1]):
+            for i in range(dy.shape[2]):
+                for j in range(dy.shape[3]):
+                    window = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    u, v = divmod(int(np.argmin(window)), kw)
+                    dxp[n, c, i * sh + u, j * sw + v] += dy[n, c, i, j]
+    return _unpad(dxp, x.shape, top, left, padding_mode)
+
+
+def upsample_nearest(x, scale):
+    """y[n, c, i, j] = x[n, c, i // rh, j // rw]."""
+    rh, rw = _two(scale)
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h * rh, w * rw), dtype=x.dtype)
+    for i in range(h * rh):
+        for j in range(w * rw):
+            y[:, :, i, j] = x[:, :, i // rh, j // rw]
+    return y
+
+
+def upsample_nearest_backward(dy, scale):
+    """dx[n, c, i, j] = sum of dy over the block that pixel (i, j) was copied to."""
+    rh, rw = _two(scale)
+    n, c, hh, ww = dy.shape
+    dx = np.zeros((n, c, hh // rh, ww // rw), dtype=dy.dtype)
+    for i in range(hh):
+        for j in range(ww):
+            dx[:, :, i // rh, j // rw] += dy[:, :, i, j]
+    return dx
+
+
+def batchnorm_train(x, gamma, beta, eps=1e-5):
+    """Batch-statistics normalisation per channel (axis 1), channel by channel.
+
+    Returns (y, batch mean, biased batch variance).
+    """
+    y = np.zeros_like(x)
+    means, variances = [], []
+    for c in range(x.shape[1]):
+        values = x[:, c].ravel()
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        y[:, c] = gamma[c] * (x[:, c] - mean) / np.sqrt(var + eps) + beta[c]
+        means.append(mean)
+        variances.append(var)
+    return y, np.array(means), np.array(variances)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """y[n, c, i, j] = mean of the window, zero padding included."""
-    return _pool(x, kernel_size, stride, padding, 0.0, np.mean)[0]
+    return _pool(x, kernel_size, stride, padding, 0.0, np.mean, padding_mode)[0]
 
 
-def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0):
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """Each dy is shared equally by the kh*kw pixels of its window."""
-    _, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, 0.0, np.mean)
+    _, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, 0.0, np.mean,
+                                                   padding_mode)
     dxp = np.zeros_like(xp)
     for n in range(dy.shape[0]):
         for c in range(dy.shape[1]):
             for i in range(dy.shape[2]):
                 for j in range(dy.shape[3]):
                     dxp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[n, c, i, j] / (kh * kw)
-    h, w = x.shape[2:]
-    return dxp[:, :, top:top + h, left:left + w]
+    return _unpad(dxp, x.shape, top, left, padding_mode)
 
 
 def dense(x, weight, bias):

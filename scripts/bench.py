@@ -152,10 +152,14 @@ def per_layer(backend, batch_size, dtype, repeats, torch=None):
         g = out if out is not None else g
     rows = []
     tnet = torch_lenet(model, torch) if torch else None
+    def ten(fn, arg):
+        for _ in range(10):
+            fn(arg)                 # results dropped at once, as in training
+
     for k, layer in enumerate(model.layers):
-        fwd = [timed(lambda: [layer._forward(inputs[k]) for _ in range(10)], backend) / 10
+        fwd = [timed(lambda: ten(layer._forward, inputs[k]), backend) / 10
                for _ in range(repeats + 1)][1:]
-        bwd = [timed(lambda: [layer._backward(grads[k]) for _ in range(10)], backend) / 10
+        bwd = [timed(lambda: ten(layer._backward, grads[k]), backend) / 10
                for _ in range(repeats + 1)][1:]
         row = {"layer": f"{layer.name}", "forward_ms": statistics.median(fwd) * 1e3,
                "backward_ms": statistics.median(bwd) * 1e3}
@@ -209,14 +213,15 @@ def train_epochs(backend, args, threads, torch=None):
         pair = [("portacnn", run_ours)] + ([("torch", run_torch)] if torch is not None else [])
         if r % 2:
             pair.reverse()                      # A/B, then B/A: drift hits both alike
+        this_run = {}
         for name, fn in pair:
             gc.collect()
-            seconds = timed(lambda: fn(order), backend)
+            this_run[name] = timed(lambda: fn(order), backend)
             if r > 0:
-                results[name].append(seconds)
+                results[name].append(this_run[name])
         print(f"    epoch run {r}{' (warm-up)' if r == 0 else ''}: "
-              + ", ".join(f"{name} {results[name][-1] if r else seconds:.2f} s"
-                          for name, _ in pair if results[name] or r == 0), flush=True)
+              + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in this_run.items()),
+              flush=True)
     out = {"threads": threads, "portacnn": summarize(results["portacnn"]),
            "portacnn_loss_first_epoch": results["portacnn_loss"][0]}
     if torch is not None:

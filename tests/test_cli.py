@@ -29,13 +29,16 @@ def test_default_training_reaches_95_percent_on_held_out_digits(tmp_path, capsys
 
 
 def test_script_and_module_run(tmp_path):
-    for cmd in ([sys.executable, str(ROOT / "scripts" / "train.py")],
-                [sys.executable, "-m", "portacnn", "train"]):
-        res = subprocess.run(cmd + ["--epochs", "1", "--batch-size", "256", "--quiet",
-                                    "--optimizer", "adam", "--model", "lenet5-relu"],
+    for cmd, model in (([sys.executable, str(ROOT / "scripts" / "train.py")], "lenet5-relu"),
+                       ([sys.executable, "-m", "portacnn", "train"], "lenet5-bn")):
+        res = subprocess.run(cmd + ["--epochs", "1", "--batch-size", "128", "--quiet",
+                                    "--optimizer", "adam", "--model", model],
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         assert "epoch 1/1" in res.stdout and "test accuracy" in res.stdout
+        accuracy = float(res.stdout.split("test accuracy")[1].split()[0])
+        assert accuracy > 0.8, (model, accuracy)         # one epoch already learns digits
+    assert "bn1 (BatchNorm2D)" in res.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..runtime import namespace
-from .unfold import Geometry, _cols, _fold, check_nchw, crop, geometry, pad_batch_minor, \
+from .unfold import Geometry, _cols, _fold, check_nchw, geometry, pad_batch_minor, unpad, \
     window_slice, windows
 
 __all__ = ["conv2d_forward", "conv2d_backward", "ConvCache", "SHORT_ROW"]
@@ -53,10 +53,12 @@ def _contiguous(xp, a):
     return xp.reshape(xp.reshape(a, (-1,)), tuple(a.shape))
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None = None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None = None,
+                   padding_mode: str = "zeros"):
     """Convolve ``x`` (N, C, H, W) with ``weight`` (F, C, kh, kw) and add ``bias`` (F,).
 
-    ``stride`` is an int or pair; ``padding`` an int, pair, ``"same"`` or ``"valid"`` (zeros).
+    ``stride`` is an int or pair; ``padding`` an int, pair, ``"same"`` or ``"valid"``;
+    ``padding_mode`` ``"zeros"`` or ``"replicate"`` (edge pixels repeated).
     ``layout`` forces ``"batched"`` or ``"batch_minor"`` (default: chosen by output width).
     Returns ``(y, cache)`` with ``y`` of shape (N, F, OH, OW).
     """
@@ -71,7 +73,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
             f"input has {c} channel(s) but the weight expects {wc} "
             f"(weight shape {tuple(weight.shape)}, input shape {tuple(x.shape)})"
         )
-    g = geometry((h, w), (kh, kw), stride, padding)
+    g = geometry((h, w), (kh, kw), stride, padding, padding_mode)
     if layout is None:
         layout = "batch_minor" if g.ow < SHORT_ROW else "batched"
     w_mat = xp.reshape(weight, (f, c * kh * kw))
@@ -145,5 +147,5 @@ def _input_grad_batch_minor(dy_mat, weight, g: Geometry, input_shape):
     for k, (i, j) in enumerate((i, j) for i in range(g.kh) for j in range(g.kw)):
         buf[window_slice(g, i, j, axis=1)] += xp.reshape(per_offset[k, ...] @ dy_mat,
                                                          (c, g.oh, g.ow, n))
-    dx_cm = crop(buf, g, axis=1)                                                # (C, H, W, N)
+    dx_cm = unpad(buf, g, axis=1)                                               # (C, H, W, N)
     return _contiguous(xp, xp.permute_dims(dx_cm, (3, 0, 1, 2)))

@@ -1,4 +1,4 @@
-"""Max and average pooling, forward and backward, over the same windows as im2col.
+"""Max, min and average pooling, forward and backward, over the same windows as im2col.
 
 Shapes: x (N, C, H, W) -> y (N, C, OH, OW), each channel pooled on its own. ``stride`` defaults
 to the kernel size (non-overlapping windows), as in PyTorch.
@@ -16,8 +16,11 @@ Max pooling pads with -inf and sends each output's gradient to exactly one input
 maximum of its window in row-major order, as PyTorch does (a strict ``>`` keeps the earliest
 offset on ties; a ``x == max`` mask would split the gradient over ties, common after ReLU).
 
+Min pooling is max pooling of ``-x``: the gradient goes to the first minimum.
+
 Average pooling divides by the full window ``kh*kw``, padding included (PyTorch's default
-``count_include_pad=True``).
+``count_include_pad=True``). ``padding_mode="replicate"`` pads with the edge pixels instead of
+a constant (0 for average, -inf for max).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..runtime import namespace
-from .unfold import Geometry, window_slice, check_nchw, crop, geometry, pad, repeat_pixels
+from .unfold import Geometry, check_nchw, geometry, pad, repeat_pixels, unpad, window_slice
 
-__all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
-           "avg_pool2d_backward", "PoolCache"]
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",
+           "min_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "window_sum",
+           "PoolCache"]
 
 
 class PoolCache(NamedTuple):
@@ -40,10 +44,10 @@ class PoolCache(NamedTuple):
     input_shape: tuple
 
 
-def _pool_geometry(x, kernel_size, stride, padding) -> Geometry:
+def _pool_geometry(x, kernel_size, stride, padding, padding_mode="zeros") -> Geometry:
     check_nchw(x)
     g = geometry(tuple(x.shape[2:]), kernel_size, kernel_size if stride is None else stride,
-                 padding)
+                 padding, padding_mode)
     # Wider padding would make windows of padding only (-inf for max), as PyTorch also refuses.
     if max(g.top, g.bottom) > g.kh // 2 or max(g.left, g.right) > g.kw // 2:
         if padding != "same":
@@ -69,7 +73,7 @@ def _row_slices(a, g: Geometry):
 
 
 def _is_tiling(g: Geometry) -> bool:
-    return (g.sh, g.sw) == (g.kh, g.kw) and g.top == g.bottom == g.left == g.right == 0
+    return (g.sh, g.sw) == (g.kh, g.kw) and not g.padded
 
 
 def _fit_to_input(dx, input_shape):
@@ -91,7 +95,7 @@ def _spread(parts, g: Geometry, input_shape):
                    device=first.device)
     for k, (i, j) in enumerate(_offsets(g)):
         buf[window_slice(g, i, j)] += first if k == 0 else parts(k)
-    return crop(buf, g)
+    return unpad(buf, g)
 
 
 def _running_max(slices, labels):
@@ -105,10 +109,10 @@ def _running_max(slices, labels):
     return best, arg
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """Max over each window. Returns ``(y, cache)``, y of shape (N, C, OH, OW)."""
     xp = namespace(x)
-    g = _pool_geometry(x, kernel_size, stride, padding)
+    g = _pool_geometry(x, kernel_size, stride, padding, padding_mode)
     cols = _column_slices(pad(x, g, -float("inf")), g)
     zero = xp.zeros(tuple(cols[0].shape), dtype=xp.int16, device=x.device)
     # first the column of each row's maximum, then the row: row-major first maximum
@@ -136,10 +140,23 @@ def max_pool2d_backward(dy, cache: PoolCache):
     return _spread(lambda k: xp.where(argmax == k, dy, zero), g, input_shape)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """Mean over each window (zero padding counted). Returns ``(y, cache)``."""
-    g = _pool_geometry(x, kernel_size, stride, padding)
-    cols = _column_slices(pad(x, g), g)
+def min_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
+    """Min over each window (padding +inf, or the edges). Returns ``(y, cache)``."""
+    y, cache = max_pool2d_forward(-x, kernel_size, stride, padding, padding_mode)
+    return -y, cache
+
+
+def min_pool2d_backward(dy, cache: PoolCache):
+    """Route ``dy`` to the first minimum of each window (the routing of max pooling of -x)."""
+    return max_pool2d_backward(dy, cache)
+
+
+def window_sum(xpad, g: Geometry):
+    """Sum of each window of an already padded (N, C, Hp, Wp) array: (N, C, OH, OW).
+
+    Separable: the kw column slices first, then the kh row slices of that.
+    """
+    cols = _column_slices(xpad, g)
     row_sum = cols[0] + cols[1] if g.kw > 1 else cols[0] * 1    # never alias the input
     for s in cols[2:]:
         row_sum += s
@@ -147,6 +164,13 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     total = rows[0] + rows[1] if g.kh > 1 else rows[0] * 1
     for s in rows[2:]:
         total += s
+    return total
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
+    """Mean over each window (padding counted). Returns ``(y, cache)``."""
+    g = _pool_geometry(x, kernel_size, stride, padding, padding_mode)
+    total = window_sum(pad(x, g), g)
     total *= 1.0 / g.window
     return total, PoolCache(None, g, tuple(x.shape))
 

@@ -15,6 +15,11 @@ Padding may be an int, a pair ``(ph, pw)``, ``"valid"`` (none) or ``"same"``. ``
 TensorFlow: ``OH = ceil(H / s)``, the total padding ``max((OH - 1) * s + kh - H, 0)`` split with the
 extra pixel at the bottom/right; with stride 1 and an odd kernel this keeps ``H`` unchanged.
 
+``padding_mode`` is ``"zeros"`` (a constant: 0, or -inf for max pooling) or ``"replicate"`` (the
+edge pixels repeated, as ``torch.nn.functional.pad(mode="replicate")``). Its adjoint,
+:func:`unpad`, crops for constant padding and, for replicate padding, adds each padded row and
+column's gradient back onto the edge pixel it copied.
+
 Only the array API standard is used: strided slices, ``stack`` and slice assignment. No fancy
 indexing, no scatter-add, no ``as_strided``.
 """
@@ -27,7 +32,8 @@ from typing import NamedTuple
 from ..runtime import namespace
 
 __all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "scatter_windows",
-           "scatter_add_windows", "crop", "pad_batch_minor", "repeat_pixels"]
+           "scatter_add_windows", "crop", "unpad", "pad_batch_minor", "repeat_pixels",
+           "PADDING_MODES"]
 
 
 class Geometry(NamedTuple):
@@ -43,6 +49,11 @@ class Geometry(NamedTuple):
     right: int
     oh: int
     ow: int
+    mode: str = "zeros"
+
+    @property
+    def padded(self) -> bool:
+        return bool(self.top or self.bottom or self.left or self.right)
 
     @property
     def window(self) -> int:
@@ -97,7 +108,16 @@ def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def geometry(input_hw, kernel_size, stride=1, padding=0) -> Geometry:
+PADDING_MODES = ("zeros", "replicate")
+
+
+def check_padding_mode(mode) -> None:
+    """Raise ``ValueError`` for an unknown padding mode."""
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be 'zeros' or 'replicate', got {mode!r}")
+
+
+def geometry(input_hw, kernel_size, stride=1, padding=0, padding_mode="zeros") -> Geometry:
     """Resolve kernel, stride and padding for an input of spatial size ``(H, W)``.
 
     Raises ``ValueError`` when the kernel is larger than the padded input or a value is out of
@@ -124,7 +144,8 @@ def geometry(input_hw, kernel_size, stride=1, padding=0) -> Geometry:
         )
     oh = (hp - kh) // sh + 1
     ow = (wp - kw) // sw + 1
-    return Geometry(kh, kw, sh, sw, top, bottom, left, right, oh, ow)
+    check_padding_mode(padding_mode)
+    return Geometry(kh, kw, sh, sw, top, bottom, left, right, oh, ow, padding_mode)
 
 
 def check_nchw(x, what: str = "input") -> None:
@@ -137,16 +158,63 @@ def check_nchw(x, what: str = "input") -> None:
 
 
 def pad(x, g: Geometry, value: float = 0.0):
-    """Pad ``x`` (N, C, H, W) spatially by ``g``'s padding, filling with ``value``."""
-    if g.top == g.bottom == g.left == g.right == 0:
+    """Pad ``x`` (N, C, H, W) spatially by ``g``'s padding: ``value`` for ``"zeros"`` mode (the
+    constant), the edge pixels for ``"replicate"``."""
+    if not g.padded:
         return x
     xp = namespace(x)
     n, c, h, w = x.shape
+    if g.mode == "replicate":
+        return _replicate(xp, x, g)
     buf = xp.full(
         (n, c, h + g.top + g.bottom, w + g.left + g.right), value, dtype=x.dtype, device=x.device
     )
     buf[:, :, g.top : g.top + h, g.left : g.left + w] = x
     return buf
+
+
+def _replicate(xp, x, g: Geometry):
+    n, c, h, w = x.shape
+    parts = [xp.broadcast_to(x[:, :, :1, :], (n, c, g.top, w))] if g.top else []
+    parts += [x] + ([xp.broadcast_to(x[:, :, h - 1 :, :], (n, c, g.bottom, w))] if g.bottom else [])
+    tall = xp.concat(parts, axis=2) if len(parts) > 1 else x
+    hp = h + g.top + g.bottom
+    parts = [xp.broadcast_to(tall[:, :, :, :1], (n, c, hp, g.left))] if g.left else []
+    parts += [tall] + ([xp.broadcast_to(tall[:, :, :, w - 1 :], (n, c, hp, g.right))]
+                       if g.right else [])
+    return xp.concat(parts, axis=3) if len(parts) > 1 else tall
+
+
+def unpad(buf, g: Geometry, axis: int = 2):
+    """Adjoint of :func:`pad` on the spatial axes (axis, axis + 1) of a padded gradient.
+
+    ``"zeros"``: crop. ``"replicate"``: crop, then add the gradient of the padded columns onto
+    the first/last column and of the padded rows onto the first/last row (corners included,
+    since the columns are folded before the rows).
+    """
+    if g.mode != "replicate" or not g.padded:
+        return crop(buf, g, axis)
+    xp = namespace(buf)
+    lead = (slice(None),) * axis
+    hp, wp = buf.shape[axis], buf.shape[axis + 1]
+    w = wp - g.left - g.right
+    # columns, on every padded row
+    inner = xp.asarray(buf[lead + (slice(None), slice(g.left, g.left + w), ...)], copy=True)
+    if g.left:
+        inner[lead + (slice(None), slice(0, 1), ...)] += xp.sum(
+            buf[lead + (slice(None), slice(0, g.left), ...)], axis=axis + 1, keepdims=True)
+    if g.right:
+        inner[lead + (slice(None), slice(w - 1, w), ...)] += xp.sum(
+            buf[lead + (slice(None), slice(g.left + w, wp), ...)], axis=axis + 1, keepdims=True)
+    h = hp - g.top - g.bottom
+    out = xp.asarray(inner[lead + (slice(g.top, g.top + h), ...)], copy=True)
+    if g.top:
+        out[lead + (slice(0, 1), ...)] += xp.sum(inner[lead + (slice(0, g.top), ...)], axis=axis,
+                                                 keepdims=True)
+    if g.bottom:
+        out[lead + (slice(h - 1, h), ...)] += xp.sum(inner[lead + (slice(g.top + h, hp), ...)],
+                                                     axis=axis, keepdims=True)
+    return out
 
 
 def window_slice(g: Geometry, i: int, j: int, axis: int = 2):
@@ -209,7 +277,7 @@ def scatter_add_windows(dwin, g: Geometry, padded_shape, axis: int = 2):
 
 def crop(buf, g: Geometry, axis: int = 2):
     """Remove ``g``'s padding from the spatial axes (axis, axis + 1) of ``buf``."""
-    if g.top == g.bottom == g.left == g.right == 0:
+    if not g.padded:
         return buf
     hp, wp = buf.shape[axis], buf.shape[axis + 1]
     key = (slice(None),) * axis + (slice(g.top, hp - g.bottom), slice(g.left, wp - g.right), ...)
@@ -220,13 +288,15 @@ def scatter_windows(dwin, g: Geometry, input_shape):
     """Adjoint of :func:`pad` then :func:`windows` for NCHW: (N, C, kh*kw, OH, OW) -> x."""
     n, c, h, w = input_shape
     padded = (n, c, h + g.top + g.bottom, w + g.left + g.right)
-    return crop(scatter_add_windows(dwin, g, padded), g)
+    return unpad(scatter_add_windows(dwin, g, padded), g)
 
 
 def pad_batch_minor(x, g: Geometry):
-    """NCHW ``x`` -> zero-padded (C, Hp, Wp, N): the batch innermost, so each window slice
+    """NCHW ``x`` -> padded (C, Hp, Wp, N): the batch innermost, so each window slice
     moves rows of OW*N contiguous numbers instead of OW (see :mod:`portacnn.kernels.conv`)."""
     xp = namespace(x)
+    if g.mode == "replicate":
+        return xp.permute_dims(pad(x, g), (1, 2, 3, 0))
     n, c, h, w = x.shape
     buf = xp.zeros((c, h + g.top + g.bottom, w + g.left + g.right, n), dtype=x.dtype,
                    device=x.device)
@@ -234,19 +304,19 @@ def pad_batch_minor(x, g: Geometry):
     return buf
 
 
-def im2col(x, kernel_size, stride=1, padding=0):
+def im2col(x, kernel_size, stride=1, padding=0, padding_mode="zeros"):
     """Unfold every receptive field of ``x`` into a column.
 
     Args:
         x: (N, C, H, W) input.
-        kernel_size, stride, padding: as in :func:`geometry`.
+        kernel_size, stride, padding, padding_mode: as in :func:`geometry`.
 
     Returns:
-        cols: (N, C*kh*kw, OH*OW), zero padding included.
+        cols: (N, C*kh*kw, OH*OW), padding included.
     """
     check_nchw(x)
     n, c, h, w = x.shape
-    g = geometry((h, w), kernel_size, stride, padding)
+    g = geometry((h, w), kernel_size, stride, padding, padding_mode)
     return _cols(x, g)
 
 
@@ -256,7 +326,7 @@ def _cols(x, g: Geometry):
     return xp.reshape(windows(pad(x, g), g), (n, c * g.window, g.oh * g.ow))
 
 
-def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0, padding_mode="zeros"):
     """Fold columns back onto an image, summing overlaps: the exact adjoint of :func:`im2col`.
 
     Args:
@@ -267,7 +337,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
         (N, C, H, W) with ``<im2col(x), cols> == <x, col2im(cols)>`` for every x.
     """
     n, c, h, w = input_shape
-    g = geometry((h, w), kernel_size, stride, padding)
+    g = geometry((h, w), kernel_size, stride, padding, padding_mode)
     expected = (n, c * g.window, g.oh * g.ow)
     if tuple(cols.shape) != expected:
         raise ValueError(f"cols has shape {tuple(cols.shape)}, expected {expected} for this input")

@@ -1,0 +1,35 @@
+"""Nearest-neighbour upsampling: each pixel repeated over an (rh, rw) block.
+
+Shapes: x (N, C, H, W) -> y (N, C, H*rh, W*rw). Backward sums the gradient over each block,
+the same separable window sum that average pooling uses (without the division).
+"""
+
+from __future__ import annotations
+
+from .pooling import window_sum
+from .unfold import check_nchw, geometry, kernel_pair, repeat_pixels
+
+__all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
+
+
+def _scale(scale):
+    try:
+        return kernel_pair(scale)
+    except ValueError:
+        raise ValueError(f"scale must be a positive int or pair, got {scale!r}") from None
+
+
+def upsample_nearest_forward(x, scale):
+    """Repeat each pixel of ``x`` (N, C, H, W) ``scale`` = (rh, rw) times: (N, C, H*rh, W*rw)."""
+    check_nchw(x)
+    return repeat_pixels(x, _scale(scale))
+
+
+def upsample_nearest_backward(dy, scale):
+    """Sum ``dy`` (N, C, H*rh, W*rw) over each (rh, rw) block: (N, C, H, W)."""
+    check_nchw(dy, "the upsampled gradient")
+    rh, rw = _scale(scale)
+    h, w = dy.shape[2:]
+    if h % rh or w % rw:
+        raise ValueError(f"gradient of spatial size {h}x{w} is not a multiple of the scale {rh}x{rw}")
+    return window_sum(dy, geometry((h, w), (rh, rw), (rh, rw), 0))
