@@ -55,6 +55,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--save", default=None, type=Path, help="write the trained model here")
+    p.add_argument("--plots", default=None, type=Path, metavar="DIR",
+                   help="write history, filters, feature_maps, predictions and confusion PNGs "
+                        "to DIR after training (needs portacnn[viz])")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="CPU (BLAS) threads; 1, the default, is as fast as 2 for LeNet-5's small "
                         "matrices and does not collapse when the machine is busy")
@@ -70,6 +73,11 @@ def train(args) -> int:
     from .runtime import get_backend
 
     backend = get_backend(args.device)
+    if args.plots is not None:
+        try:
+            import matplotlib  # noqa: F401  (checked before training, not after)
+        except ImportError:
+            raise PlotError('--plots needs matplotlib: pip install "portacnn[viz]"') from None
     if args.data is not None and not args.download and not args.data.is_dir():
         raise data.DataError(f"--data {args.data}: no such directory (add --download to fetch "
                              "MNIST there)")
@@ -98,7 +106,30 @@ def train(args) -> int:
     if args.save is not None:
         model.save(args.save)
         print(f"saved {args.save}")
+    if args.plots is not None:
+        write_plots(args.plots, model, history, x_test, y_test)
     return 0
+
+
+class PlotError(RuntimeError):
+    """--plots was asked for but cannot be drawn."""
+
+
+PLOTS = ("history", "filters", "feature_maps", "predictions", "confusion")
+
+
+def write_plots(directory: Path, model, history, x_test, y_test) -> None:
+    """The five PNGs of ``--plots``: curves, first-layer filters, feature maps of the first
+    test digit, predictions on the first 25 test digits, and the test confusion matrix."""
+    from . import viz
+
+    directory.mkdir(parents=True, exist_ok=True)
+    viz.plot_history(history, directory / "history.png")
+    viz.plot_filters(model, path=directory / "filters.png")
+    viz.plot_feature_maps(model, x_test[0], path=directory / "feature_maps.png")
+    viz.plot_predictions(model, x_test, y_test, n=25, path=directory / "predictions.png")
+    viz.plot_confusion(model, x_test, y_test, path=directory / "confusion.png")
+    print(f"plots: {', '.join(f'{directory / name}.png' for name in PLOTS)}")
 
 
 def main(argv=None) -> int:
@@ -119,7 +150,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return train(args)
-    except (DeviceError, DataError, IdxError, CheckpointError, FileNotFoundError) as exc:
+    except (DeviceError, DataError, IdxError, CheckpointError, FileNotFoundError,
+            PlotError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
