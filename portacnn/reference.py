@@ -137,7 +137,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """Each dy goes to the first maximum of its window in row-major order."""
-    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, -np.inf, np.max,
+    return _route_to_one(dy, x, kernel_size, stride, padding, padding_mode, -np.inf, np.argmax)
+
+
+def _route_to_one(dy, x, kernel_size, stride, padding, padding_mode, fill, pick):
+    """Send each dy to the element ``pick`` (argmax / argmin: the first one) of its window."""
+    _, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, fill, np.max,
                                                    padding_mode)
     dxp = np.zeros_like(xp)
     for n in range(dy.shape[0]):
@@ -145,7 +150,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode
             for i in range(dy.shape[2]):
                 for j in range(dy.shape[3]):
                     window = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    u, v = divmod(int(np.argmax(window)), kw)
+                    u, v = divmod(int(pick(window)), kw)
                     dxp[n, c, i * sh + u, j * sw + v] += dy[n, c, i, j]
     return _unpad(dxp, x.shape, top, left, padding_mode)
 
@@ -157,17 +162,7 @@ def min_pool2d(x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
 
 def min_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode="zeros"):
     """Each dy goes to the first minimum of its window in row-major order."""
-    y, xp, (top, left), (sh, sw), (kh, kw) = _pool(x, kernel_size, stride, padding, np.inf, np.min,
-                                                   padding_mode)
-    dxp = np.zeros_like(xp)
-    for n in range(dy.shape[0]):
-        for c in range(dy.shape[1]):
-            for i in range(dy.shape[2]):
-                for j in range(dy.shape[3]):
-                    window = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    u, v = divmod(int(np.argmin(window)), kw)
-                    dxp[n, c, i * sh + u, j * sw + v] += dy[n, c, i, j]
-    return _unpad(dxp, x.shape, top, left, padding_mode)
+    return _route_to_one(dy, x, kernel_size, stride, padding, padding_mode, np.inf, np.argmin)
 
 
 def upsample_nearest(x, scale):
