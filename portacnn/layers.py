@@ -34,7 +34,12 @@ class Layer:
         buffers: non-trained state saved with the model (e.g. running statistics).
         training: True in training mode (dropout active), False after ``eval()``.
         need_input_grad: False for a network's first layer, which then skips computing dx.
+        samples_independent: True when each sample's output depends on that sample alone and
+            no random numbers are drawn (False for batch norm and dropout), so a batch may be
+            processed in chunks with the same result.
     """
+
+    samples_independent = True
 
     def __init__(self, *, dtype: str = "float32", name: str | None = None):
         if dtype not in ("float32", "float64"):
@@ -476,6 +481,7 @@ class Upsample2D(Layer):
 
 class _BatchNorm(Layer):
     _ndim = None
+    samples_independent = False      # batch statistics couple the samples
 
     def __init__(self, num_features=None, *, eps: float = 1e-5, momentum: float = 0.1,
                  dtype="float32", device=None, name=None):
@@ -616,6 +622,7 @@ class Dropout(Layer):
     """
 
     _strict_shape = False
+    samples_independent = False      # masks come from one draw per batch
 
     def __init__(self, p: float = 0.5, *, seed=None, dtype="float32", name=None):
         super().__init__(dtype=dtype, name=name)

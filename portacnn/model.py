@@ -226,12 +226,47 @@ class Sequential:
 
     def train_step(self, x, y, optimizer: Optimizer):
         """One forward, backward and update on a device batch. Returns ``(loss, logits)``
-        as device arrays (no host synchronisation)."""
-        logits = self.forward(x)
-        loss, dlogits = LOSSES[self.loss_name](logits, y)
-        self.backward(dlogits)
+        as device arrays (no host synchronisation).
+
+        On CPU backends a batch larger than ``backend.max_chunk`` runs as chunks whose
+        gradients are summed before the single update: the same step, but each chunk's
+        working set stays in cache. Models whose layers couple the samples of a batch or draw
+        random numbers (batch norm, dropout) always run the batch whole, so their results do
+        not depend on the backend.
+        """
+        chunk = self.backend.max_chunk
+        n = x.shape[0]
+        if chunk is None or n <= chunk or not self._chunkable:
+            logits = self.forward(x)
+            loss, dlogits = LOSSES[self.loss_name](logits, y)
+            self.backward(dlogits)
+        else:
+            loss, logits = self._accumulate(x, y, chunk)
         optimizer.step(self.parameters())
         return loss, logits
+
+    @property
+    def _chunkable(self) -> bool:
+        return all(layer.samples_independent for layer in self.layers)
+
+    def _accumulate(self, x, y, chunk):
+        """Forward/backward in chunks; gradients and loss weighted by chunk size and summed."""
+        xp = self.backend.xp
+        n = x.shape[0]
+        totals, losses, outputs = {}, None, []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            logits = self.forward(x[start:stop, ...])
+            loss, dlogits = LOSSES[self.loss_name](logits, y[start:stop, ...])
+            weight = (stop - start) / n              # each chunk's loss is a mean over its rows
+            self.backward(dlogits * weight)
+            for name, _, key, grads in self.parameters():
+                totals[name] = grads[key] if name not in totals else totals[name] + grads[key]
+            losses = loss * weight if losses is None else losses + loss * weight
+            outputs.append(logits)
+        for name, _, key, grads in self.parameters():
+            grads[key] = totals[name]
+        return losses, xp.concat(outputs, axis=0)
 
     # --- data plumbing --------------------------------------------------------------------
     def _check_data(self, x, y=None, what="x"):
@@ -367,13 +402,13 @@ class Sequential:
     def _inference_step(self, batch_size: int) -> int:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        chunk = self.backend.inference_chunk
+        chunk = self.backend.max_chunk
         return batch_size if chunk is None else min(batch_size, chunk)
 
     def evaluate(self, x, y, batch_size: int = 256):
         """Mean loss and accuracy on ``(x, y)`` in eval mode. Returns ``(loss, accuracy)``
         (accuracy is None for the MSE loss). On CPU backends at most
-        ``backend.inference_chunk`` images go through the network at once (faster, same
+        ``backend.max_chunk`` images go through the network at once (faster, same
         result)."""
         self._require_built()
         self._check_data(x, y)
@@ -400,7 +435,7 @@ class Sequential:
 
         Returns an (N, classes) array on the model's device (``model.backend.to_numpy`` copies
         it to the host); with the MSE loss, the raw outputs. On CPU backends at most
-        ``backend.inference_chunk`` images go through the network at once (faster, same
+        ``backend.max_chunk`` images go through the network at once (faster, same
         result).
         """
         self._require_built()

@@ -121,16 +121,17 @@ class Backend:
             self.name == "torch" and getattr(self.device, "type", "cpu") == "cpu")
 
     @property
-    def inference_chunk(self) -> int | None:
-        """Most images an inference forward pass should take at once, or None for no limit.
+    def max_chunk(self) -> int | None:
+        """Most images one pass through the network should take at once, or None for no limit.
 
-        On the CPU, LeNet-sized activations for more than ~256 images fall out of cache and
-        throughput halves (23k -> 11k images/s at 512, NumPy, 1 thread), so ``predict`` and
-        ``evaluate`` run at most 128 at a time; GPUs prefer large batches.
+        On the CPU the working set of larger chunks falls out of cache: LeNet-5 training cost
+        119 us/image at batch 64 and 186-203 at 128-512, inference throughput halved from 256
+        to 512 (NumPy, 1 thread). So ``Sequential`` runs bigger batches as chunks of 64 (with
+        the same result); GPUs prefer large batches and get no limit.
         """
         on_gpu = self.name == "cupy" or (
             self.name == "torch" and getattr(self.device, "type", "cpu") != "cpu")
-        return None if on_gpu else 128
+        return None if on_gpu else 64
 
     def check(self, x, what: str = "the input") -> None:
         """Raise ``TypeError`` unless ``x`` is an array of this backend on its device.

@@ -225,3 +225,34 @@ def test_mse_model_trains_on_regression_targets():
     assert "accuracy" not in hist.history
     loss, acc = model.evaluate(x, target)
     assert acc is None and loss < 0.01
+
+
+def test_chunked_training_step_equals_the_whole_batch_step(monkeypatch):
+    """CPU backends run big batches in cache-sized chunks; the update must not change."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 1, 28, 28))
+    y = rng.integers(0, 10, 150)
+    results = []
+    for chunk in (None, 64):                      # None: the plain whole-batch path (oracle)
+        monkeypatch.setattr(portacnn.Backend, "max_chunk", property(lambda self, c=chunk: c))
+        model = lenet5(dtype="float64", seed=4)
+        opt = SGD(0.05, momentum=0.9)
+        losses = [float(model.train_step(x, y, opt)[0]) for _ in range(2)]
+        results.append((losses, [v.copy() for _, p, k, _ in model.parameters() for v in [p[k]]]))
+    assert np.allclose(results[0][0], results[1][0], rtol=1e-12, atol=0)
+    for whole, chunked in zip(results[0][1], results[1][1]):
+        assert np.allclose(whole, chunked, rtol=1e-10, atol=1e-13)
+
+
+def test_batch_coupled_models_are_never_chunked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(portacnn.Backend, "max_chunk", property(lambda self: 4))
+    for model in (lenet5("relu", "max", batchnorm=True), small_net(dropout=True)):
+        model.forward = (lambda f: (lambda x: calls.append(x.shape[0]) or f(x)))(model.forward)
+        shape = model.input_shape
+        model.train_step(np.ones((10,) + shape, np.float32), np.zeros(10, np.int64), SGD(0.01))
+    assert calls == [10, 10]                      # one whole-batch forward each
+    model = small_net()
+    model.forward = (lambda f: (lambda x: calls.append(x.shape[0]) or f(x)))(model.forward)
+    model.train_step(np.ones((10, 1, 6, 6), np.float32), np.zeros(10, np.int64), SGD(0.01))
+    assert calls[2:] == [4, 4, 2]
