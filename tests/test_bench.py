@@ -1,0 +1,62 @@
+"""scripts/bench.py runs end to end on a tiny workload (what it reports is checked, not how fast
+anything is: speed is measured by running the script, never by a test)."""
+
+import builtins
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench  # noqa: E402
+
+TINY = ["--images", "192", "--repeats", "1", "--threads", "1", "--infer-batches", "64",
+        "--scale-batches", "16,32"]
+
+
+def test_bench_reports_every_section(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    entry = report["by_threads"][0]
+    assert entry["threads"] == 1 and entry["pools"]["openblas"] == 1
+    assert [row["layer"] for row in entry["layers"]][:3] == ["conv1", "Tanh", "pool1"]
+    assert entry["train"]["portacnn"]["runs"] == 1 and entry["train"]["portacnn"]["median"] > 0
+    assert entry["inference"][0]["batch_size"] == 64
+    sizes = [(r["batch_size"], r["image_size"]) for r in report["scaling"]]
+    assert sizes == [(16, 28), (32, 28), (64, 56), (64, 112)]
+    assert all(r["peak_mib"] > 0 for r in report["scaling"])
+    assert report["scaling"][3]["peak_mib"] > report["scaling"][0]["peak_mib"]
+    assert len(report["memory_mib_after_epochs"]) == 3
+    assert "ratio portacnn/pytorch" not in capsys.readouterr().out
+
+
+def test_bench_against_torch_uses_the_same_network(tmp_path):
+    pytest.importorskip("torch", reason="torch is not installed (optional peer)")
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--sections", "train,infer", "--compare-torch",
+                              "--json", str(out)]) == 0
+    train = json.loads(out.read_text())["by_threads"][0]["train"]
+    # same initial weights, batches and optimizer: the first epoch's loss agrees
+    assert train["portacnn_loss_first_epoch"] == pytest.approx(train["torch_loss_first_epoch"],
+                                                               rel=1e-4)
+    assert train["ratio_portacnn_over_torch"]["median"] > 0
+
+
+def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("no torch")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert bench.main(["--compare-torch"]) == 2
+    assert "pip install torch" in capsys.readouterr().err
+
+
+def test_bench_unknown_device_exits_2(capsys):
+    assert bench.main(["--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
