@@ -51,7 +51,7 @@ def check_layer(layer, x, eps: float = 1e-6, seed: int = 0) -> dict:
     xp = namespace(x)
     layer.train()
     y = layer.forward(x)
-    r = layer.backend.rng(seed).normal(tuple(y.shape), dtype=y.dtype) if layer.built else None
+    r = layer.backend.rng(seed).normal(tuple(y.shape), dtype=y.dtype)   # built by forward
     dx = layer.backward(r)
     errors = {}
 

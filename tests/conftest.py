@@ -71,3 +71,22 @@ def assert_close(actual, expected, dtype="float64", scale=None):
 @pytest.fixture
 def host_rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def hide_module(monkeypatch):
+    """``hide_module("torch")``: imports of that package (and its submodules) raise ImportError
+    for the rest of the test, as on a machine where it is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def hide(package):
+        def fake_import(name, *args, **kwargs):
+            if name == package or name.startswith(package + "."):
+                raise ImportError(f"{package} is hidden by the test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", fake_import)
+
+    return hide

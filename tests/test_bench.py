@@ -1,7 +1,6 @@
 """scripts/bench.py runs end to end on a tiny workload (what it reports is checked, not how fast
 anything is: speed is measured by running the script, never by a test)."""
 
-import builtins
 import json
 import sys
 from pathlib import Path
@@ -44,15 +43,8 @@ def test_bench_against_torch_uses_the_same_network(tmp_path):
     assert train["ratio_portacnn_over_torch"]["median"] > 0
 
 
-def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch":
-            raise ImportError("no torch")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
+def test_compare_torch_without_torch_says_how_to_install(hide_module, capsys):
+    hide_module("torch")
     assert bench.main(["--compare-torch"]) == 2
     assert "pip install torch" in capsys.readouterr().err
 

@@ -192,17 +192,8 @@ def test_dropped_connection_leaves_nothing(server, tmp_path):
         download_mnist(cache, mirrors=[url + "/missing/"], files=hashes, progress=False, timeout=5)
 
 
-def test_download_without_pooch_names_the_extra(monkeypatch, tmp_path):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pooch(name, *args, **kwargs):
-        if name == "pooch":
-            raise ImportError("no pooch")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pooch)
+def test_download_without_pooch_names_the_extra(hide_module, tmp_path):
+    hide_module("pooch")
     with pytest.raises(DataError, match=r'pip install "portacnn\[data\]"'):
         download_mnist(tmp_path)
 

@@ -116,17 +116,8 @@ def test_train_command_writes_the_five_plots(tmp_path, capsys):
     assert all(not_blank(p) for p in out.iterdir())
 
 
-def test_plots_without_matplotlib_exit_2_before_training(monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_plots_without_matplotlib_exit_2_before_training(hide_module, capsys):
+    hide_module("matplotlib")
     assert main(["train", "--plots", "somewhere"]) == 2
     captured = capsys.readouterr()
     assert 'pip install "portacnn[viz]"' in captured.err and "epoch" not in captured.out
