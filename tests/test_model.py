@@ -244,15 +244,21 @@ def test_chunked_training_step_equals_the_whole_batch_step(monkeypatch):
         assert np.allclose(whole, chunked, rtol=1e-10, atol=1e-13)
 
 
+def _spy_batch_sizes(model, calls):
+    first = model.layers[0]
+    first._forward = (lambda f: (lambda x: calls.append(x.shape[0]) or f(x)))(first._forward)
+
+
 def test_batch_coupled_models_are_never_chunked(monkeypatch):
     calls = []
     monkeypatch.setattr(portacnn.Backend, "max_chunk", property(lambda self: 4))
     for model in (lenet5("relu", "max", batchnorm=True), small_net(dropout=True)):
-        model.forward = (lambda f: (lambda x: calls.append(x.shape[0]) or f(x)))(model.forward)
+        _spy_batch_sizes(model, calls)
+        model.backend.workers = 2
         shape = model.input_shape
         model.train_step(np.ones((10,) + shape, np.float32), np.zeros(10, np.int64), SGD(0.01))
     assert calls == [10, 10]                      # one whole-batch forward each
     model = small_net()
-    model.forward = (lambda f: (lambda x: calls.append(x.shape[0]) or f(x)))(model.forward)
+    _spy_batch_sizes(model, calls)
     model.train_step(np.ones((10, 1, 6, 6), np.float32), np.zeros(10, np.int64), SGD(0.01))
-    assert calls[2:] == [4, 4, 2]
+    assert calls[2:] == [3, 3, 4]                 # equal chunks of at most 4
