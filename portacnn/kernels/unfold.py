@@ -26,6 +26,7 @@ indexing, no scatter-add, no ``as_strided``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -123,6 +124,24 @@ def geometry(input_hw, kernel_size, stride=1, padding=0, padding_mode="zeros") -
     Raises ``ValueError`` when the kernel is larger than the padded input or a value is out of
     range, naming the sizes involved.
     """
+    key = (tuple(input_hw), _frozen(kernel_size), _frozen(stride), _frozen(padding), padding_mode)
+    try:
+        return _geometry_cached(*key)
+    except TypeError:                       # an unhashable argument: resolve without the cache
+        return _geometry(*key)
+
+
+def _frozen(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+# Layers ask for the same few geometries every batch; resolving one costs ~15 us of Python.
+@functools.lru_cache(maxsize=256)
+def _geometry_cached(input_hw, kernel_size, stride, padding, padding_mode) -> Geometry:
+    return _geometry(input_hw, kernel_size, stride, padding, padding_mode)
+
+
+def _geometry(input_hw, kernel_size, stride, padding, padding_mode) -> Geometry:
     h, w = input_hw
     kh, kw = kernel_pair(kernel_size)
     sh, sw = stride_pair(stride)
