@@ -59,8 +59,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                    help="write history, filters, feature_maps, predictions and confusion PNGs "
                         "to DIR after training (needs portacnn[viz])")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="CPU (BLAS) threads; 1, the default, is as fast as 2 for LeNet-5's small "
-                        "matrices and does not collapse when the machine is busy")
+                   help="CPU threads (BLAS, and on NumPy the threads a batch's chunks are "
+                        "shared among). 1, the default, is as fast as 2 at batch 32; batches of "
+                        "64 and more train faster on 2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

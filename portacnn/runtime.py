@@ -225,12 +225,14 @@ class Backend:
         return [first] + [value for _, value in done]
 
     def thread_info(self) -> dict:
-        """The thread count of each CPU pool in use, e.g. ``{"openblas": 1}``."""
+        """The thread count of each CPU pool in use and portacnn's own :attr:`workers`, e.g.
+        ``{"openblas": 1, "workers": 1}``."""
         from threadpoolctl import threadpool_info
 
         info = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
         if self.name == "torch":
             info["torch"] = self._native.get_num_threads()
+        info["workers"] = self.workers
         return info
 
     def rng(self, seed: int | None = None) -> PortableRNG:

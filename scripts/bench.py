@@ -6,7 +6,8 @@
     python scripts/bench.py --quick                 # 6,000 images, fewer repeats
 
 What it measures, at each thread count in ``--threads`` (every CPU pool capped alike: BLAS via
-threadpoolctl, and ``torch.set_num_threads`` for PyTorch):
+threadpoolctl, portacnn's ``Backend.workers`` on NumPy, and ``torch.set_num_threads`` for
+PyTorch):
 
 - per-layer forward and backward time of LeNet-5 at ``--batch-size``;
 - a full training epoch (forward, backward, SGD-momentum step) over ``--images`` MNIST-shaped

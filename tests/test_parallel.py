@@ -197,3 +197,10 @@ def test_keep_freed_memory_cuts_page_faults_of_a_training_step():
     if not runtime.keep_freed_memory():
         pytest.skip("the allocator setting is not available here")
     assert faults["1"] * 2 < faults["0"], faults       # measured: 3.5-7x fewer
+
+
+def test_thread_info_reports_the_workers():
+    be = portacnn.get_backend("cpu")
+    with be.limit_threads(2):
+        info = be.thread_info()
+    assert info["workers"] == 2 and be.thread_info()["workers"] == 1
