@@ -248,7 +248,7 @@ class Sequential:
 
         On CPU backends the batch may run as chunks whose gradients are summed before the
         single update: the same step up to float rounding. Chunks hold at most
-        ``backend.max_chunk`` images, so each chunk's working set stays in cache, and with
+        ``backend.max_train_chunk`` images, so each chunk's working set stays in cache, and with
         ``backend.workers`` > 1 the chunks are shared among that many host threads. Models
         whose layers couple the samples of a batch or draw random numbers (batch norm,
         dropout) always run the batch whole, so their results do not depend on the backend.
@@ -269,20 +269,23 @@ class Sequential:
         return all(layer.samples_independent for layer in self.layers)
 
     def _chunk_bounds(self, n: int) -> tuple:
-        """Where a training batch of ``n`` is cut into chunks: ``(0, ..., n)``."""
-        chunk, workers = self.backend.max_chunk, self.backend.workers
+        """Where a training batch of ``n`` is cut into equal chunks: ``(0, ..., n)``."""
+        chunk, workers = self.backend.max_train_chunk, self.backend.workers
         pieces = 1 if chunk is None else -(-n // chunk)
         if workers > 1:
-            # Each thread takes an equal share, but no chunk smaller than MIN_SPLIT images:
+            # Give every thread an equal share if that leaves no chunk under MIN_SPLIT images:
             # below that the threads mostly queue for the GIL (LeNet-5 at batch 32 split in
             # two trained 1.3x slower than unsplit; batch 64 split in two, ~1.2x faster).
-            pieces = min(-(-max(pieces, workers) // workers) * workers, max(n // MIN_SPLIT, 1))
+            shared = -(-max(pieces, workers) // workers) * workers
+            if n >= shared * MIN_SPLIT:
+                pieces = shared
         return tuple(n * i // pieces for i in range(pieces + 1))
 
     def _accumulate(self, x, y, bounds):
-        """Forward/backward chunk by chunk, each on one of ``backend.workers`` threads with its
-        own copy of the layers; gradients and loss weighted by chunk size and summed in chunk
-        order (so the sum does not depend on the number of threads)."""
+        """Forward/backward chunk by chunk, the chunks shared among ``backend.workers``
+        threads, each with its own copy of the layers. Gradients and loss are weighted by
+        chunk size and summed in chunk order, so the result does not depend on the number
+        of threads."""
         xp = self.backend.xp
         n = x.shape[0]
         spans = list(zip(bounds[:-1], bounds[1:]))
@@ -290,30 +293,27 @@ class Sequential:
 
         def run(job):
             layers, group = job
-            totals, losses, outputs = None, None, []
+            done = []
             for start, stop in group:
                 logits = _forward(layers, x[start:stop, ...])
                 loss, dlogits = loss_fn(logits, y[start:stop, ...])
                 weight = (stop - start) / n          # each chunk's loss is a mean over its rows
                 _backward(layers, dlogits * weight)
                 grads = [layer.grads[key] for layer in layers for key in layer.params]
-                totals = grads if totals is None else [a + b for a, b in zip(totals, grads)]
-                losses = loss * weight if losses is None else losses + loss * weight
-                outputs.append(logits)
-            return totals, losses, outputs
+                done.append((grads, loss * weight, logits))
+            return done
 
         jobs = [(self.layers if i == 0 else self._replica(), group)
                 for i, group in enumerate(_groups(spans, self.backend.workers))]
-        results = self.backend.parallel_map(run, jobs)
-        totals, losses, outputs = results[0]
-        for more, more_loss, more_outputs in results[1:]:
-            totals = [a + b for a, b in zip(totals, more)]
-            losses = losses + more_loss
-            outputs += more_outputs
+        chunks = [c for part in self.backend.parallel_map(run, jobs) for c in part]
+        totals, losses, _ = chunks[0]
+        for grads, loss, _ in chunks[1:]:
+            totals = [a + b for a, b in zip(totals, grads)]
+            losses = losses + loss
         slots = [(layer.grads, key) for layer in self.layers for key in layer.params]
         for (grads, key), total in zip(slots, totals):
             grads[key] = total
-        return losses, xp.concat(outputs, axis=0)
+        return losses, xp.concat([logits for _, _, logits in chunks], axis=0)
 
     def _replica(self) -> list:
         """The layers again, sharing parameters and buffers but with their own gradients and

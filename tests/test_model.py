@@ -234,7 +234,8 @@ def test_chunked_training_step_equals_the_whole_batch_step(monkeypatch):
     y = rng.integers(0, 10, 150)
     results = []
     for chunk in (None, 64):                      # None: the plain whole-batch path (oracle)
-        monkeypatch.setattr(portacnn.Backend, "max_chunk", property(lambda self, c=chunk: c))
+        monkeypatch.setattr(portacnn.Backend, "max_train_chunk",
+                            property(lambda self, c=chunk: c))
         model = lenet5(dtype="float64", seed=4)
         opt = SGD(0.05, momentum=0.9)
         losses = [float(model.train_step(x, y, opt)[0]) for _ in range(2)]
@@ -251,7 +252,7 @@ def _spy_batch_sizes(model, calls):
 
 def test_batch_coupled_models_are_never_chunked(monkeypatch):
     calls = []
-    monkeypatch.setattr(portacnn.Backend, "max_chunk", property(lambda self: 4))
+    monkeypatch.setattr(portacnn.Backend, "max_train_chunk", property(lambda self: 4))
     for model in (lenet5("relu", "max", batchnorm=True), small_net(dropout=True)):
         _spy_batch_sizes(model, calls)
         model.backend.workers = 2

@@ -109,40 +109,34 @@ def _train_steps(backend, workers, batch, steps, dtype, sequential, monkeypatch)
     return losses, params
 
 
-def test_two_workers_give_exactly_the_one_thread_step_at_whole_chunks():
-    # batch 128 is two chunks of 64 either way; the sums run in chunk order either way
-    one = _train("cpu", 1, 128)
-    two = _train("cpu", 2, 128)
-    assert one[0] == two[0]
-    for a, b in zip(one[1], two[1]):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_split_batch_threads_change_nothing_but_rounding(core_backend, monkeypatch):
-    # batch 64 is split in two for two workers: threaded == the same chunks run in turn
-    # (exactly), and both equal the whole-batch step up to float rounding
-    threaded = _train(core_backend, 2, 64)
-    in_turn = _train(core_backend, 2, 64, sequential=True, monkeypatch=monkeypatch)
-    whole = _train(core_backend, 1, 64)
-    for a, b, c in zip(threaded[1], in_turn[1], whole[1]):
+@pytest.mark.parametrize("batch", [64, 150])
+def test_threads_do_not_change_the_step(core_backend, batch, monkeypatch):
+    # the same chunks, summed in chunk order: threaded == one thread == the chunks in turn
+    threaded = _train(core_backend, 2, batch)
+    in_turn = _train(core_backend, 2, batch, sequential=True, monkeypatch=monkeypatch)
+    one = _train(core_backend, 1, batch)
+    for a, b, c in zip(threaded[1], in_turn[1], one[1]):
         assert_close(a, b)
         assert_close(a, c)
     if core_backend.name == "numpy":
-        assert threaded[0] == in_turn[0]
-        for a, b in zip(threaded[1], in_turn[1]):
+        assert threaded[0] == in_turn[0] == one[0]
+        for a, b, c in zip(threaded[1], in_turn[1], one[1]):
             np.testing.assert_array_equal(a, b)
-    assert np.allclose(threaded[0], whole[0], rtol=1e-12)
+            np.testing.assert_array_equal(a, c)
 
 
-def test_chunk_bounds_share_the_batch_among_workers():
+def test_chunk_bounds_share_the_batch_among_workers(monkeypatch):
     model = lenet5()
-    model.backend.workers = 2
-    assert model._chunk_bounds(64) == (0, 32, 64)
-    assert model._chunk_bounds(150) == (0, 37, 75, 112, 150)     # 3 chunks of <= 64 -> 4
-    assert model._chunk_bounds(12) == (0, 12)                     # too small to split
+    for workers in (1, 2):
+        model.backend.workers = workers
+        assert model._chunk_bounds(64) == (0, 32, 64)
+        assert model._chunk_bounds(150) == (0, 30, 60, 90, 120, 150)   # equal, at most 32
+        assert model._chunk_bounds(12) == (0, 12)
+    monkeypatch.setattr(portacnn.Backend, "max_train_chunk", property(lambda self: None))
+    assert model._chunk_bounds(64) == (0, 32, 64)       # 2 workers, a half each
+    assert model._chunk_bounds(48) == (0, 48)           # halves of 24 would be too small
     model.backend.workers = 1
     assert model._chunk_bounds(64) == (0, 64)
-    assert model._chunk_bounds(150) == (0, 50, 100, 150)
 
 
 def test_inference_on_two_workers_equals_one(core_backend):
