@@ -303,9 +303,7 @@ class Sequential:
                 done.append((grads, loss * weight, logits))
             return done
 
-        jobs = [(self.layers if i == 0 else self._replica(), group)
-                for i, group in enumerate(_groups(spans, self.backend.workers))]
-        chunks = [c for part in self.backend.parallel_map(run, jobs) for c in part]
+        chunks = [c for part in self.backend.parallel_map(run, self._jobs(spans)) for c in part]
         totals, losses, _ = chunks[0]
         for grads, loss, _ in chunks[1:]:
             totals = [a + b for a, b in zip(totals, grads)]
@@ -314,6 +312,12 @@ class Sequential:
         for (grads, key), total in zip(slots, totals):
             grads[key] = total
         return losses, xp.concat([logits for _, _, logits in chunks], axis=0)
+
+    def _jobs(self, spans: list) -> list:
+        """``(layers, group of spans)`` for each of ``backend.workers`` threads: the first
+        thread runs the model's own layers, the others a replica each."""
+        return [(self.layers if i == 0 else self._replica(), group)
+                for i, group in enumerate(_groups(spans, self.backend.workers))]
 
     def _replica(self) -> list:
         """The layers again, sharing parameters and buffers but with their own gradients and
@@ -339,9 +343,7 @@ class Sequential:
                        None if y is None else self._batch(y, start, stop, None))
                     for start, stop in group]
 
-        jobs = [(self.layers if i == 0 else self._replica(), group)
-                for i, group in enumerate(_groups(spans, self.backend.workers))]
-        return [out for part in self.backend.parallel_map(run, jobs) for out in part]
+        return [out for part in self.backend.parallel_map(run, self._jobs(spans)) for out in part]
 
     # --- data plumbing --------------------------------------------------------------------
     def _check_data(self, x, y=None, what="x"):
