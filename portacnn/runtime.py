@@ -144,7 +144,7 @@ class Backend:
         """Most images one forward+backward pass should take at once, or None for no limit.
 
         Training keeps every layer's cache alive until the backward pass, so its chunks are
-        smaller: a LeNet-5 step at batch 64 ran 12-18% faster as two chunks of 32 than whole
+        smaller: a LeNet-5 step at batch 64 ran 11-18% faster as two chunks of 32 than whole
         (NumPy, 1 thread; the im2col columns then fit the 2 MiB L2 cache).
         """
         return None if self._on_gpu else 32
