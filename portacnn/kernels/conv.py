@@ -150,8 +150,7 @@ def _input_grad_per_offset(dy_mat, weight, g: Geometry, input_shape):
     f, c = weight.shape[:2]
     n, _, h, w = input_shape
     per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (g.window, c, f))  # (K, C, F)
-    buf = xp.zeros((c, h + g.top + g.bottom, w + g.left + g.right, n), dtype=dy_mat.dtype,
-                   device=dy_mat.device)
+    buf = xp.zeros((c,) + g.padded_hw(h, w) + (n,), dtype=dy_mat.dtype, device=dy_mat.device)
     for k, (i, j) in enumerate((i, j) for i in range(g.kh) for j in range(g.kw)):
         buf[window_slice(g, i, j, axis=1)] += xp.reshape(per_offset[k, ...] @ dy_mat,
                                                          (c, g.oh, g.ow, n))
@@ -171,7 +170,7 @@ def _input_grad_separable(dy_mat, weight, g: Geometry, input_shape):
     xp = namespace(dy_mat, weight)
     f, c = weight.shape[:2]
     n, _, h, w = input_shape
-    hp, wp = h + g.top + g.bottom, w + g.left + g.right
+    hp, wp = g.padded_hw(h, w)
     by_column = xp.reshape(xp.permute_dims(weight, (3, 1, 2, 0)), (g.kw * c * g.kh, f))
     d = xp.reshape(by_column @ dy_mat, (g.kw, c, g.kh, g.oh, g.ow, n))
     tall = xp.zeros((c, g.kh, g.oh, wp, n), dtype=dy_mat.dtype, device=dy_mat.device)

@@ -91,8 +91,7 @@ def _spread(parts, g: Geometry, input_shape):
     n, c, h, w = input_shape
     first = parts(0)
     xp = namespace(first)
-    buf = xp.zeros((n, c, h + g.top + g.bottom, w + g.left + g.right), dtype=first.dtype,
-                   device=first.device)
+    buf = xp.zeros((n, c) + g.padded_hw(h, w), dtype=first.dtype, device=first.device)
     for k, (i, j) in enumerate(_offsets(g)):
         buf[window_slice(g, i, j)] += first if k == 0 else parts(k)
     return unpad(buf, g)

@@ -61,6 +61,10 @@ class Geometry(NamedTuple):
         """Pixels per window, ``kh * kw``."""
         return self.kh * self.kw
 
+    def padded_hw(self, h: int, w: int) -> tuple[int, int]:
+        """``(Hp, Wp)``: the spatial size of an (H, W) input after padding."""
+        return h + self.top + self.bottom, w + self.left + self.right
+
 
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, bool):
@@ -185,9 +189,7 @@ def pad(x, g: Geometry, value: float = 0.0):
     n, c, h, w = x.shape
     if g.mode == "replicate":
         return _replicate(xp, x, g)
-    buf = xp.full(
-        (n, c, h + g.top + g.bottom, w + g.left + g.right), value, dtype=x.dtype, device=x.device
-    )
+    buf = xp.full((n, c) + g.padded_hw(h, w), value, dtype=x.dtype, device=x.device)
     buf[:, :, g.top : g.top + h, g.left : g.left + w] = x
     return buf
 
@@ -197,7 +199,7 @@ def _replicate(xp, x, g: Geometry):
     parts = [xp.broadcast_to(x[:, :, :1, :], (n, c, g.top, w))] if g.top else []
     parts += [x] + ([xp.broadcast_to(x[:, :, h - 1 :, :], (n, c, g.bottom, w))] if g.bottom else [])
     tall = xp.concat(parts, axis=2) if len(parts) > 1 else x
-    hp = h + g.top + g.bottom
+    hp, _ = g.padded_hw(h, w)
     parts = [xp.broadcast_to(tall[:, :, :, :1], (n, c, hp, g.left))] if g.left else []
     parts += [tall] + ([xp.broadcast_to(tall[:, :, :, w - 1 :], (n, c, hp, g.right))]
                        if g.right else [])
@@ -306,7 +308,7 @@ def crop(buf, g: Geometry, axis: int = 2):
 def scatter_windows(dwin, g: Geometry, input_shape):
     """Adjoint of :func:`pad` then :func:`windows` for NCHW: (N, C, kh*kw, OH, OW) -> x."""
     n, c, h, w = input_shape
-    padded = (n, c, h + g.top + g.bottom, w + g.left + g.right)
+    padded = (n, c) + g.padded_hw(h, w)
     return unpad(scatter_add_windows(dwin, g, padded), g)
 
 
@@ -317,8 +319,7 @@ def pad_batch_minor(x, g: Geometry):
     if g.mode == "replicate":
         return xp.permute_dims(pad(x, g), (1, 2, 3, 0))
     n, c, h, w = x.shape
-    buf = xp.zeros((c, h + g.top + g.bottom, w + g.left + g.right, n), dtype=x.dtype,
-                   device=x.device)
+    buf = xp.zeros((c,) + g.padded_hw(h, w) + (n,), dtype=x.dtype, device=x.device)
     buf[:, g.top : g.top + h, g.left : g.left + w, :] = xp.permute_dims(x, (1, 2, 3, 0))
     return buf
 
