@@ -37,20 +37,44 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupted, or does not match its description."""
 
 
+def architecture(model) -> dict:
+    """The JSON-able description :func:`rebuild` makes the same (untrained) model from."""
+    return {
+        "class": "Sequential",
+        "input_shape": list(model.input_shape),
+        "dtype": model.dtype_name,
+        "loss": model.loss_name,
+        "seed": model.seed,
+        "layers": [{"type": type(layer).__name__, "config": layer.get_config()}
+                   for layer in model.layers],
+    }
+
+
+def rebuilds_exactly(model) -> bool:
+    """True if every layer is a built-in one, so :func:`rebuild` gives the same network."""
+    return all(LAYERS.get(type(layer).__name__) is type(layer) for layer in model.layers)
+
+
+def rebuild(arch: dict, backend):
+    """A new ``Sequential`` on ``backend`` from :func:`architecture`'s description (fresh
+    weights). Raises ``KeyError``, ``TypeError`` or ``ValueError`` for a bad description."""
+    from .model import Sequential
+
+    layers = []
+    for spec in arch["layers"]:
+        cls = LAYERS[spec["type"]]
+        cfg = {k: v for k, v in spec["config"].items() if k not in _BUILD_ARGS}
+        layers.append(cls(**cfg))
+    return Sequential(layers, input_shape=arch["input_shape"], device=backend,
+                      dtype=arch["dtype"], seed=arch.get("seed"), loss=arch["loss"])
+
+
 def _describe(model, include_optimizer: bool) -> dict:
     opt = model.optimizer if include_optimizer else None
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {
-            "class": "Sequential",
-            "input_shape": list(model.input_shape),
-            "dtype": model.dtype_name,
-            "loss": model.loss_name,
-            "seed": model.seed,
-            "layers": [{"type": type(layer).__name__, "config": layer.get_config()}
-                       for layer in model.layers],
-        },
+        "model": architecture(model),
         "optimizer": None if opt is None else {"config": opt.get_config(), "steps": opt.steps},
     }
 
@@ -122,19 +146,11 @@ def load(path, device=None):
         CheckpointError: the file is missing, truncated, corrupted, from a newer format, or its
             tensors do not match the architecture it describes.
     """
-    from .model import Sequential
-
     path = Path(path)
     desc, arch, tensors = _read(path)
     backend = get_backend(device)
     try:
-        layers = []
-        for spec in arch["layers"]:
-            cls = LAYERS[spec["type"]]
-            cfg = {k: v for k, v in spec["config"].items() if k not in _BUILD_ARGS}
-            layers.append(cls(**cfg))
-        model = Sequential(layers, input_shape=arch["input_shape"], device=backend,
-                           dtype=arch["dtype"], seed=arch.get("seed"), loss=arch["loss"])
+        model = rebuild(arch, backend)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the architecture cannot be rebuilt ({exc})") from None
 
