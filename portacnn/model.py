@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
+import weakref
 
 from . import kernels as K
+from .checkpoint import rebuilds_exactly
 from .layers import Layer
 from .optim import Optimizer, get_optimizer
-from .runtime import Backend, describe_array, get_backend, is_host_array
+from .runtime import Backend, describe_array, get_backend, is_host_array, single_threaded_blas
 
 __all__ = ["Sequential", "History"]
 
@@ -40,6 +43,24 @@ def _forward(layers, x):
 def _backward(layers, dy) -> None:
     for layer in reversed(layers):
         dy = layer._backward(dy)
+
+
+def chunk_gradients(layers, loss_fn, x, y, spans, n: int) -> list:
+    """Forward and backward of each chunk ``x[start:stop]`` for ``(start, stop)`` in ``spans``.
+
+    Each chunk's loss (a mean over its rows) is weighted by ``rows / n``, so the chunks'
+    gradients and losses add up to those of the whole batch of ``n``. Returns, per chunk,
+    ``(grads, weighted loss, logits)``, the grads in the order of ``Sequential.parameters()``.
+    """
+    done = []
+    for start, stop in spans:
+        logits = _forward(layers, x[start:stop, ...])
+        loss, dlogits = loss_fn(logits, y[start:stop, ...])
+        weight = (stop - start) / n
+        _backward(layers, dlogits * weight)
+        grads = [layer.grads[key] for layer in layers for key in layer.params]
+        done.append((grads, loss * weight, logits))
+    return done
 
 
 def _groups(items: list, parts: int) -> list:
@@ -106,6 +127,7 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.optimizer: Optimizer | None = None
         self.training = True
+        self._helpers = None          # helper processes, started by _helper_pool()
         for layer in layers or []:
             self.add(layer)
         if self.input_shape is not None and self.layers:
@@ -283,27 +305,25 @@ class Sequential:
 
     def _accumulate(self, x, y, bounds):
         """Forward/backward chunk by chunk, the chunks shared among ``backend.workers``
-        threads, each with its own copy of the layers. Gradients and loss are weighted by
-        chunk size and summed in chunk order, so the result does not depend on the number
-        of threads."""
+        helper processes or threads (see :meth:`_helper_pool`). Gradients and loss are
+        weighted by chunk size and summed in chunk order, so the result does not depend on
+        the number of workers or on whether they are processes or threads."""
         xp = self.backend.xp
         n = x.shape[0]
         spans = list(zip(bounds[:-1], bounds[1:]))
         loss_fn = LOSSES[self.loss_name]
-
-        def run(job):
-            layers, group = job
-            done = []
-            for start, stop in group:
-                logits = _forward(layers, x[start:stop, ...])
-                loss, dlogits = loss_fn(logits, y[start:stop, ...])
-                weight = (stop - start) / n          # each chunk's loss is a mean over its rows
-                _backward(layers, dlogits * weight)
-                grads = [layer.grads[key] for layer in layers for key in layer.params]
-                done.append((grads, loss * weight, logits))
-            return done
-
-        chunks = [c for part in self.backend.parallel_map(run, self._jobs(spans)) for c in part]
+        pool = self._helper_pool()
+        if pool is not None:
+            groups = _groups(spans, self.backend.workers)
+            # The helpers' replies are drained by the next request if this one is abandoned.
+            with single_threaded_blas():
+                self._submit(pool, "train", groups[1:], lambda a, b: x[a:b, ...], y, n)
+                chunks = chunk_gradients(self.layers, loss_fn, x, y, groups[0], n)
+                chunks += self._collect(pool)
+        else:
+            parts = self.backend.parallel_map(
+                lambda job: chunk_gradients(job[0], loss_fn, x, y, job[1], n), self._jobs(spans))
+            chunks = [c for part in parts for c in part]
         totals, losses, _ = chunks[0]
         for grads, loss, _ in chunks[1:]:
             totals = [a + b for a, b in zip(totals, grads)]
@@ -329,20 +349,67 @@ class Sequential:
             copies.append(twin)
         return copies
 
-    def _map_inference(self, x, y, batch_size: int, fn) -> list:
-        """``fn(layers, xb, yb)`` for each chunk of ``x`` (and ``y``), in order. With
-        ``backend.workers`` > 1 the chunks are shared among threads in contiguous groups;
-        the chunks themselves are the same as with one thread, and so are the results."""
+    def _helper_pool(self):
+        """The model's :class:`~portacnn.helpers.HelperPool` when ``backend.workers`` > 1 and
+        the backend runs helper processes (NumPy on Linux) for a model of built-in layers;
+        None otherwise (threads are used then). Started on first use, kept while the worker
+        count stays the same, ended with the model."""
+        workers = self.backend.workers
+        if workers <= 1 or not self.backend.helper_processes or not rebuilds_exactly(self):
+            return None
+        if self._helpers is not None and self._helpers.owner != os.getpid():
+            self._helpers_finalizer.detach()      # inherited through fork: the parent's helpers
+            self._helpers = None
+        if self._helpers is not None and self._helpers.workers != workers:
+            self._close_helpers()
+        if self._helpers is None:
+            from .helpers import HelperPool
+
+            self._helpers = HelperPool(self, workers - 1)
+            self._helpers_finalizer = weakref.finalize(self, self._helpers.close)
+        return self._helpers
+
+    def _submit(self, pool, *args, **kwargs) -> None:
+        try:
+            pool.submit(self, *args, **kwargs)
+        except BaseException:
+            self._close_helpers()     # a failed helper is not reused; the next step starts anew
+            raise
+
+    def _collect(self, pool) -> list:
+        try:
+            return pool.collect()
+        except BaseException:
+            self._close_helpers()
+            raise
+
+    def _close_helpers(self) -> None:
+        if self._helpers is not None:
+            self._helpers_finalizer()
+            self._helpers = None
+
+    def _map_inference(self, x, batch_size: int) -> list:
+        """The outputs for ``x`` chunk by chunk, in order. With ``backend.workers`` > 1 the
+        chunks are shared in contiguous groups among helper processes or threads; the chunks
+        themselves are the same as with one worker, and so are the results."""
         step = self._inference_step(batch_size)
         n = x.shape[0]
         spans = [(start, min(start + step, n)) for start in range(0, n, step)]
 
+        def rows(start, stop):
+            return self._batch(x, start, stop, None, self.dtype_name)
+
         def run(job):
             layers, group = job
-            return [fn(layers, self._batch(x, start, stop, None, self.dtype_name),
-                       None if y is None else self._batch(y, start, stop, None))
-                    for start, stop in group]
+            return [_forward(layers, rows(start, stop)) for start, stop in group]
 
+        pool = self._helper_pool() if len(spans) > 1 else None
+        if pool is not None:
+            groups = _groups(spans, self.backend.workers)
+            with single_threaded_blas():
+                self._submit(pool, "forward", groups[1:], rows)
+                outs = run((self.layers, groups[0]))
+                return outs + self._collect(pool)
         return [out for part in self.backend.parallel_map(run, self._jobs(spans)) for out in part]
 
     # --- data plumbing --------------------------------------------------------------------
@@ -492,19 +559,20 @@ class Sequential:
         was_training = self.training
         self.eval()
         loss_fn = LOSSES[self.loss_name]
-
-        def score(layers, xb, yb):
-            logits = _forward(layers, xb)
-            return loss_fn(logits, yb)[0] * xb.shape[0], self._targets_and_hits(logits, yb)
-
         try:
-            parts = self._map_inference(x, y, batch_size, score)
+            outs = self._map_inference(x, batch_size)
         finally:
             self.train(was_training)
-        total_loss, total_hits = parts[0]
-        for loss, hits in parts[1:]:
-            total_loss = total_loss + loss
-            total_hits = None if hits is None else total_hits + hits
+        total_loss = total_hits = None
+        start = 0
+        for logits in outs:
+            stop = start + logits.shape[0]
+            yb = self._batch(y, start, stop, None)
+            loss = loss_fn(logits, yb)[0] * logits.shape[0]
+            hits = self._targets_and_hits(logits, yb)
+            total_loss = loss if total_loss is None else total_loss + loss
+            total_hits = hits if total_hits is None else total_hits + hits
+            start = stop
         n = x.shape[0]
         acc = float(total_hits) / n if self.loss_name == "cross_entropy" else None
         return float(total_loss) / n, acc
@@ -521,16 +589,12 @@ class Sequential:
         self._check_data(x)
         was_training = self.training
         self.eval()
-        softmax = self.loss_name == "cross_entropy"
-
-        def probabilities(layers, xb, _):
-            out = _forward(layers, xb)
-            return K.softmax(out, axis=1) if softmax else out
-
         try:
-            outs = self._map_inference(x, None, batch_size, probabilities)
+            outs = self._map_inference(x, batch_size)
         finally:
             self.train(was_training)
+        if self.loss_name == "cross_entropy":
+            outs = [K.softmax(out, axis=1) for out in outs]
         return self.backend.xp.concat(outs, axis=0)
 
     # --- persistence ----------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Host threads: Backend.parallel_map, and Sequential sharing a batch's chunks among workers.
 
-The oracle for every threaded result is the same computation run in one thread.
+The oracle for every threaded result is the same computation run in one thread. On NumPy,
+Sequential uses helper processes rather than threads where it can (tests/test_helpers.py);
+the tests here switch those off with PORTACNN_HELPER_PROCESSES=0.
 """
 
 import os
@@ -112,6 +114,7 @@ def _train_steps(backend, workers, batch, steps, dtype, sequential, monkeypatch)
 @pytest.mark.parametrize("batch", [64, 150])
 def test_threads_do_not_change_the_step(core_backend, batch, monkeypatch):
     # the same chunks, summed in chunk order: threaded == one thread == the chunks in turn
+    monkeypatch.setenv("PORTACNN_HELPER_PROCESSES", "0")
     threaded = _train(core_backend, 2, batch)
     in_turn = _train(core_backend, 2, batch, sequential=True, monkeypatch=monkeypatch)
     one = _train(core_backend, 1, batch)
@@ -139,7 +142,8 @@ def test_chunk_bounds_share_the_batch_among_workers(monkeypatch):
     assert model._chunk_bounds(64) == (0, 64)
 
 
-def test_inference_on_two_workers_equals_one(core_backend):
+def test_inference_on_two_workers_equals_one(core_backend, monkeypatch):
+    monkeypatch.setenv("PORTACNN_HELPER_PROCESSES", "0")
     rng = np.random.default_rng(8)
     x = rng.normal(size=(200, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 200)
