@@ -82,8 +82,10 @@ class Backend:
         name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"`` or the module name.
         xp: the array-API-compatible namespace (``array_api_compat.numpy`` for NumPy).
         device: the device arrays are created on (``"cpu"`` for NumPy, a ``cupy.cuda.Device``...).
-        workers: how many host threads :meth:`parallel_map` may use (1: run in the caller).
-            :meth:`limit_threads` sets it on the NumPy backend; any backend accepts it.
+        workers: how many workers ``Sequential`` shares a batch among, helper processes where
+            :attr:`helper_processes` allows, else host threads (:meth:`parallel_map`); 1 runs
+            everything in the caller. :meth:`limit_threads` sets it on the NumPy backend; any
+            backend accepts it.
     """
 
     def __init__(self, name: str, xp: ModuleType, device: Any, native: ModuleType | None = None):
@@ -214,8 +216,9 @@ class Backend:
         threadpoolctl; torch's intra-op pool). ``None`` leaves them alone.
 
         On the NumPy backend it also sets :attr:`workers` to ``threads``: NumPy runs only
-        matrix products on several cores, so ``Sequential`` instead splits each batch over
-        ``threads`` host threads (see :meth:`parallel_map`). On a busy 2-core machine,
+        matrix products on several cores, so ``Sequential`` instead splits each batch among
+        ``threads`` workers (helper processes, see :attr:`helper_processes`, else host
+        threads, see :meth:`parallel_map`). On a busy 2-core machine,
         OpenBLAS with 2 threads can run LeNet's skinny matrix products orders of magnitude
         slower than with 1; benchmarks compare at equal counts.
         """
@@ -225,7 +228,7 @@ class Backend:
         """``[fn(item) for item in items]``, run on up to :attr:`workers` host threads.
 
         For independent pieces of work on this backend (``Sequential`` gives each thread its
-        own chunks of a batch). While they run, BLAS is held at one thread per caller so the
+        own chunks of a batch where it cannot use helper processes). While they run, BLAS is held at one thread per caller so the
         threads do not oversubscribe the cores. Results come back in the order of ``items``;
         the first exception raised is re-raised once every piece has finished.
 
@@ -250,14 +253,16 @@ class Backend:
         return [first] + [value for _, value in done]
 
     def thread_info(self) -> dict:
-        """The thread count of each CPU pool in use and portacnn's own :attr:`workers`, e.g.
-        ``{"openblas": 1, "workers": 1}``."""
+        """The thread count of each CPU pool in use, portacnn's own :attr:`workers` and what
+        they are (``"processes"`` or ``"threads"``, see :attr:`helper_processes`), e.g.
+        ``{"openblas": 1, "workers": 2, "workers_are": "processes"}``."""
         from threadpoolctl import threadpool_info
 
         info = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
         if self.name == "torch":
             info["torch"] = self._native.get_num_threads()
         info["workers"] = self.workers
+        info["workers_are"] = "processes" if self.helper_processes else "threads"
         return info
 
     def rng(self, seed: int | None = None) -> PortableRNG:

@@ -128,16 +128,26 @@ def test_threads_do_not_change_the_step(core_backend, batch, monkeypatch):
             np.testing.assert_array_equal(a, c)
 
 
-def test_chunk_bounds_share_the_batch_among_workers(monkeypatch):
+@pytest.mark.parametrize("processes", ["1", "0"])
+def test_chunk_bounds_share_the_batch_among_workers(monkeypatch, processes):
+    monkeypatch.setenv("PORTACNN_HELPER_PROCESSES", processes)
     model = lenet5()
     for workers in (1, 2):
         model.backend.workers = workers
         assert model._chunk_bounds(64) == (0, 32, 64)
-        assert model._chunk_bounds(150) == (0, 30, 60, 90, 120, 150)   # equal, at most 32
         assert model._chunk_bounds(12) == (0, 12)
+    model.backend.workers = 1
+    assert model._chunk_bounds(150) == (0, 30, 60, 90, 120, 150)   # equal, at most 32
+    model.backend.workers = 2
+    processes = model.backend.helper_processes
+    # 2 workers, equal shares: threads only if chunks stay at 32 or more, processes from 16
+    assert model._chunk_bounds(150) == ((0, 25, 50, 75, 100, 125, 150) if processes else
+                                        (0, 30, 60, 90, 120, 150))
+    assert model._chunk_bounds(32) == ((0, 16, 32) if processes else (0, 32))
+    assert model._chunk_bounds(24) == (0, 24)
     monkeypatch.setattr(portacnn.Backend, "max_train_chunk", property(lambda self: None))
     assert model._chunk_bounds(64) == (0, 32, 64)       # 2 workers, a half each
-    assert model._chunk_bounds(48) == (0, 48)           # halves of 24 would be too small
+    assert model._chunk_bounds(48) == ((0, 24, 48) if processes else (0, 48))
     model.backend.workers = 1
     assert model._chunk_bounds(64) == (0, 64)
 
@@ -197,8 +207,11 @@ def test_keep_freed_memory_cuts_page_faults_of_a_training_step():
     assert faults["1"] * 2 < faults["0"], faults       # measured: 3.5-7x fewer
 
 
-def test_thread_info_reports_the_workers():
+def test_thread_info_reports_the_workers(monkeypatch):
     be = portacnn.get_backend("cpu")
     with be.limit_threads(2):
         info = be.thread_info()
     assert info["workers"] == 2 and be.thread_info()["workers"] == 1
+    assert info["workers_are"] == ("processes" if be.helper_processes else "threads")
+    monkeypatch.setenv("PORTACNN_HELPER_PROCESSES", "0")
+    assert be.thread_info()["workers_are"] == "threads"
