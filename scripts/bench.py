@@ -16,7 +16,8 @@ PyTorch):
   batches in the same order, A/B interleaved with portacnn, reporting portacnn/PyTorch;
 - inference throughput (images/s) at several batch sizes;
 - with ``--compare-tutorial``, the tutorial-style NumPy implementation (fancy-index im2col,
-  ``np.add.at`` col2im: scripts/tutorial_lenet.py) on a subset, scaled to the epoch;
+  ``np.add.at`` col2im: scripts/tutorial_lenet.py) and portacnn on the same subset
+  (``--tutorial-images``), A/B interleaved, both scaled to the epoch;
 
 and once: time per image as the batch grows (16 ... 512) and as the image grows (28, 56, 112
 pixels on a side) with the peak memory of each (tracemalloc for NumPy, the memory pool on
@@ -264,20 +265,36 @@ def inference(backend, args, torch=None):
 
 
 def tutorial(backend, args):
-    """Tutorial-style NumPy LeNet-5 on a subset, scaled to an epoch of --images."""
+    """Tutorial-style NumPy LeNet-5 and portacnn on the same subset, A/B interleaved; each
+    side's time scaled to an epoch of --images."""
     from tutorial_lenet import TutorialLeNet
 
     n = min(args.tutorial_images, args.images)
     x, y = dataset(n, args.dtype)
     net = TutorialLeNet(lenet5(seed=0), lr=LR, momentum=MOMENTUM)
-    times = []
-    for r in range(2):
-        t0 = time.perf_counter()
+    model = lenet5(device=backend, dtype=args.dtype, seed=0)
+    opt = SGD(LR, momentum=MOMENTUM)
+
+    def run_tutorial():
         for s in range(0, n, args.batch_size):
             net.train_step(x[s:s + args.batch_size], y[s:s + args.batch_size])
-        if r:
-            times.append((time.perf_counter() - t0) * args.images / n)
-    return {"images_timed": n, "epoch_seconds_scaled": summarize(times)}
+
+    def run_ours():
+        model.fit(x, y, epochs=1, batch_size=args.batch_size, optimizer=opt, shuffle=False,
+                  verbose=0)
+
+    theirs, ours = [], []
+    for r in range(args.repeats + 1):                # run 0 is the warm-up
+        pair = [(theirs, run_tutorial), (ours, run_ours)]
+        if r % 2:
+            pair.reverse()
+        for out, fn in pair:
+            seconds = timed(fn, backend) * args.images / n
+            if r:
+                out.append(seconds)
+    return {"images_timed": n, "epoch_seconds_scaled": summarize(theirs),
+            "portacnn_epoch_seconds_scaled": summarize(ours),
+            "speedup_portacnn_over_tutorial": summarize([a / b for a, b in zip(theirs, ours)])}
 
 
 def _memory_probe(backend):
@@ -448,11 +465,10 @@ def main(argv=None):
                     print(line)
             if args.compare_tutorial and threads == args.threads[0] and backend.name == "numpy":
                 tut = entry["tutorial"] = tutorial(backend, args)
-                ours = entry.get("train", {}).get("portacnn", {}).get("median")
-                print(f"  tutorial-style NumPy: {fmt(tut['epoch_seconds_scaled'])} per epoch "
-                      f"(scaled from {tut['images_timed']:,} images)"
-                      + (f"; portacnn is {tut['epoch_seconds_scaled']['median'] / ours:.1f}x "
-                         "faster" if ours else ""))
+                print(f"  tutorial-style NumPy: {fmt(tut['epoch_seconds_scaled'])} per epoch, "
+                      f"portacnn {fmt(tut['portacnn_epoch_seconds_scaled'])} (both scaled from "
+                      f"{tut['images_timed']:,} images, interleaved): portacnn is "
+                      f"{fmt(tut['speedup_portacnn_over_tutorial'], 'x')} faster")
             if threads == args.threads[0]:
                 if "scaling" in args.sections:
                     report["scaling"] = scaling(backend, args)

@@ -43,6 +43,19 @@ def test_bench_against_torch_uses_the_same_network(tmp_path):
     assert train["ratio_portacnn_over_torch"]["median"] > 0
 
 
+def test_tutorial_comparison_times_both_sides_on_the_same_images(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--sections", "none", "--compare-tutorial",
+                              "--tutorial-images", "64", "--repeats", "2",
+                              "--json", str(out)]) == 0
+    tut = json.loads(out.read_text())["by_threads"][0]["tutorial"]
+    assert tut["images_timed"] == 64
+    theirs, ours = tut["epoch_seconds_scaled"], tut["portacnn_epoch_seconds_scaled"]
+    assert theirs["runs"] == ours["runs"] == tut["speedup_portacnn_over_tutorial"]["runs"] == 2
+    lo, hi = theirs["min"] / ours["max"], theirs["max"] / ours["min"]
+    assert lo <= tut["speedup_portacnn_over_tutorial"]["median"] <= hi
+
+
 def test_compare_torch_without_torch_says_how_to_install(hide_module, capsys):
     hide_module("torch")
     assert bench.main(["--compare-torch"]) == 2
