@@ -2,9 +2,10 @@
 
 Why processes: NumPy releases the GIL inside its loops and BLAS, but not in the Python between
 them. Two threads training the two halves of a LeNet-5 batch (32 images each) spent about a
-quarter of their time waiting for the GIL: the CPUs were 25% idle and a step took 7.5 ms,
-against 10.1 ms on one thread. Two processes do not wait for each other: with a helper
-process the same step took 5.8-6.3 ms (2 cores, one BLAS thread per process).
+quarter of their time waiting for the GIL (the 2 CPUs were ~25% idle). Processes do not wait
+for each other: in four interleaved runs (2 cores, one BLAS thread per process) a batch-64
+step took 6.7-7.6 ms with a helper process, 8.1-10.9 ms with two threads (the helper was
+11-31% faster) and 7.2-8.3 ms in PyTorch on 2 threads.
 
 How: a helper is ``python -m portacnn.helpers`` holding its own copy of the model, rebuilt from
 the description checkpoints store (:func:`portacnn.checkpoint.architecture`; so only models

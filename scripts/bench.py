@@ -235,31 +235,36 @@ def train_epochs(backend, args, threads, torch=None):
 
 
 def inference(backend, args, torch=None):
-    """Images per second of predict() at several batch sizes (higher is better)."""
+    """Images per second of predict() at several batch sizes (higher is better), A/B
+    interleaved with PyTorch when it is given."""
     n = min(args.images, 10_000)
     x, _ = dataset(n, args.dtype)
     model = lenet5(device=backend, dtype=args.dtype, seed=0)
     rows = []
     net = torch_lenet(model, torch).eval() if torch is not None else None
     tx = torch.from_numpy(x) if torch is not None else None
+
+    def run_torch(bs):
+        with torch.inference_mode():
+            for s in range(0, n, bs):
+                torch.softmax(net(tx[s:s + bs]), dim=1)
+
     for bs in args.infer_batches:
         ours, theirs = [], []
-        for r in range(args.repeats + 1):
-            t = timed(lambda: model.predict(x, batch_size=bs), backend)
-            if r:
-                ours.append(n / t)
+        for r in range(args.repeats + 1):              # run 0 is the warm-up
+            pair = [(ours, lambda: model.predict(x, batch_size=bs))]
             if net is not None:
-                with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    for s in range(0, n, bs):
-                        torch.softmax(net(tx[s:s + bs]), dim=1)
-                    t = time.perf_counter() - t0
+                pair.append((theirs, lambda: run_torch(bs)))
+            if r % 2:
+                pair.reverse()
+            for out, fn in pair:
+                seconds = timed(fn, backend)
                 if r:
-                    theirs.append(n / t)
+                    out.append(n / seconds)
         row = {"batch_size": bs, "portacnn_images_per_s": summarize(ours)}
         if theirs:
             row["torch_images_per_s"] = summarize(theirs)
-            row["ratio_portacnn_over_torch"] = statistics.median(ours) / statistics.median(theirs)
+            row["ratio_portacnn_over_torch"] = summarize([a / b for a, b in zip(ours, theirs)])
         rows.append(row)
     return rows
 
@@ -460,8 +465,10 @@ def main(argv=None):
                     line = (f"  inference batch {row['batch_size']:>5}: portacnn "
                             f"{row['portacnn_images_per_s']['median']:>9,.0f} images/s")
                     if "torch_images_per_s" in row:
+                        ratio = row["ratio_portacnn_over_torch"]
                         line += (f", pytorch {row['torch_images_per_s']['median']:>9,.0f} images/s"
-                                 f", ratio {row['ratio_portacnn_over_torch']:.2f}x")
+                                 f", ratio {ratio['median']:.2f}x [{ratio['min']:.2f}-"
+                                 f"{ratio['max']:.2f}]")
                     print(line)
             if args.compare_tutorial and threads == args.threads[0] and backend.name == "numpy":
                 tut = entry["tutorial"] = tutorial(backend, args)
