@@ -9,7 +9,7 @@ import pytest
 import portacnn
 from portacnn import CheckpointError, Dropout, get_backend
 from portacnn.models import lenet5
-from portacnn.optim import SGD, Adam
+from portacnn.optim import Adam
 
 from conftest import assert_close
 

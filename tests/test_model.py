@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
-                      Tanh, get_backend)
+from portacnn import (Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
+                      get_backend)
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
