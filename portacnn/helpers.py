@@ -7,7 +7,7 @@ for each other: in four interleaved runs (2 cores, one BLAS thread per process) 
 step took 6.7-7.6 ms with a helper process, 8.1-10.9 ms with two threads (the helper was
 11-31% faster) and 7.2-8.3 ms in PyTorch on 2 threads.
 
-How: a helper is ``python -m portacnn.helpers`` holding its own copy of the model, rebuilt from
+How: a helper is a fresh Python process holding its own copy of the model, rebuilt from
 the description checkpoints store (:func:`portacnn.checkpoint.architecture`; so only models
 made of built-in layers get helpers). Caller and helper map one block of shared memory (a
 ``memfd``). For each request the caller writes the current parameters and buffers and the
@@ -51,6 +51,8 @@ _STARTUP_TIMEOUT = 120.0    # seconds for a helper to import portacnn and build 
 # interleaved A/B (12 rounds, 11 faster) and 1-3% in another (10 rounds): small, but it costs
 # only the few milliseconds a worker would otherwise sleep.
 _SPIN_SECONDS = 0.005
+# What a helper process runs (not ``-m``: the module must not run a second time as __main__).
+_HELPER_MAIN = "import sys; from portacnn.helpers import _serve; _serve(*map(int, sys.argv[1:]))"
 
 
 class HelperError(RuntimeError):
@@ -61,6 +63,7 @@ def available() -> bool:
     """True where helper processes can run: Linux (``memfd``), a known Python executable,
     and not switched off with ``PORTACNN_HELPER_PROCESSES=0``."""
     return (hasattr(os, "memfd_create") and bool(sys.executable)
+            and not getattr(sys, "frozen", False)     # a bundled app is not a Python to run
             and os.environ.get("PORTACNN_HELPER_PROCESSES", "1") != "0")
 
 
@@ -110,21 +113,26 @@ class _Helper:
     def __init__(self, arch: dict):
         self._fd = os.memfd_create("portacnn-helper")
         self.size, self._block, self._views = 0, None, {}
-        to_child, from_parent = os.pipe()
-        to_parent, from_child = os.pipe()
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "portacnn.helpers", str(to_child), str(from_child),
+                [sys.executable, "-c", _HELPER_MAIN, str(child_reads), str(child_writes),
                  str(self._fd)],
-                pass_fds=(to_child, from_child, self._fd), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=(child_reads, child_writes, self._fd), stdin=subprocess.DEVNULL,
+                env=env)
+        except BaseException:
+            for fd in (parent_reads, parent_writes, self._fd):
+                os.close(fd)
+            raise
         finally:
-            os.close(to_child)
-            os.close(from_child)
-        self._send = Connection(from_parent, readable=False)
-        self._recv = Connection(to_parent, writable=False)
+            os.close(child_reads)
+            os.close(child_writes)
+        self._send = Connection(parent_writes, readable=False)
+        self._recv = Connection(parent_reads, writable=False)
         self.pending = False
         self.known_layouts: set = set()      # layout ids the helper has been sent
         self._send.send(("start", arch))
@@ -336,15 +344,19 @@ def _serve(read_fd: int, write_fd: int, mem_fd: int) -> None:
 
 
 def _answer(recv, send, model, mem_fd: int) -> None:
+    try:
+        _answer_until_closed(recv, send, model, mem_fd)
+    except (EOFError, OSError):   # the caller closed the pipes (its model ended, or it exited)
+        return
+
+
+def _answer_until_closed(recv, send, model, mem_fd: int) -> None:
     block, size = None, 0
     layouts: dict = {}          # layout id -> its entries, as sent once by the caller
     views_by_layout: dict = {}  # layout id -> views into the current block
     while True:
-        try:
-            _poll(recv, _SPIN_SECONDS)
-            message = recv.recv()
-        except EOFError:
-            return
+        _poll(recv, _SPIN_SECONDS)
+        message = recv.recv()
         try:
             _, op, training, block_size, layout_id, entries, spans, n = message
             if entries is not None:
@@ -381,7 +393,3 @@ def _run(model, views: dict, op: str, training: bool, spans, n: int) -> None:
             views[f"out{c}"][...] = _forward(model.layers, x[start:stop, ...])
     else:
         raise ValueError(f"unknown request {op!r}: expected 'train' or 'forward'")
-
-
-if __name__ == "__main__":
-    _serve(*(int(arg) for arg in sys.argv[1:4]))
