@@ -61,7 +61,7 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="CPU cores to use (BLAS threads, and on NumPy the workers a batch is "
                         "shared among: helper processes on Linux, else threads). Default 1; "
-                        "2 trains LeNet-5 ~1.35-1.7x faster on 2 free cores")
+                        "2 trains LeNet-5 ~1.3-1.8x faster on 2 free cores")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
