@@ -36,6 +36,7 @@ LOSSES = {"cross_entropy": K.softmax_cross_entropy, "mse": K.mse}
 # 1.3x slower than unsplit); helper processes do not queue, and batch 32 split in two trained
 # 1.34x faster (3.68 vs 4.91 ms a step, 6 interleaved rounds, 2 cores).
 MIN_SPLIT = {"threads": 32, "processes": 16}
+ROUND_BYTES = 16 << 20   # input rows a helper process takes per evaluate/predict request
 
 
 def _forward(layers, x):
@@ -415,11 +416,18 @@ class Sequential:
 
         pool = self._helper_pool() if len(spans) > 1 else None
         if pool is not None:
-            groups = _groups(spans, self.backend.workers)
+            # In rounds, so a helper's shared block holds at most ~ROUND_BYTES of input rows
+            # however large x is.
+            image_bytes = math.prod(self.input_shape) * (4 if self.dtype_name == "float32" else 8)
+            per_round = max(1, ROUND_BYTES // (image_bytes * step)) * self.backend.workers
+            outs = []
             with single_threaded_blas():
-                self._submit(pool, "forward", groups[1:], rows)
-                outs = run((self.layers, groups[0]))
-                return outs + self._collect(pool)
+                for first in range(0, len(spans), per_round):
+                    groups = _groups(spans[first:first + per_round], self.backend.workers)
+                    self._submit(pool, "forward", groups[1:], rows)
+                    outs += run((self.layers, groups[0]))
+                    outs += self._collect(pool)
+            return outs
         return [out for part in self.backend.parallel_map(run, self._jobs(spans)) for out in part]
 
     # --- data plumbing --------------------------------------------------------------------

@@ -99,6 +99,28 @@ def test_inference_with_helpers_equals_one_worker(batchnorm):
     assert e1 == e2
 
 
+def test_large_inputs_go_to_the_helpers_in_rounds(monkeypatch):
+    # A helper's shared block must not grow with the size of x: predict runs in rounds.
+    import portacnn.model as model_module
+
+    x, y = _data(1000, seed=4, dtype="float32")
+    model = lenet5(seed=3)
+    with threadpool_limits(1):
+        p1, e1 = model.predict(x, batch_size=64), model.evaluate(x, y, batch_size=64)
+    image = 28 * 28 * 4
+    monkeypatch.setattr(model_module, "ROUND_BYTES", 2 * 64 * image)    # 2 chunks a round
+    model.backend.workers = 2
+    try:
+        with threadpool_limits(1):
+            p2, e2 = model.predict(x, batch_size=64), model.evaluate(x, y, batch_size=64)
+    finally:
+        model.backend.workers = 1
+    np.testing.assert_array_equal(p1, p2)
+    assert e1 == e2
+    block = model._helpers._helpers[0].size
+    assert 2 * 64 * image <= block < 4 * 64 * image          # not 500 images' worth
+
+
 def test_a_killed_helper_raises_and_the_next_step_starts_a_new_one():
     x, y = _data(64, dtype="float32")
     model = lenet5()
