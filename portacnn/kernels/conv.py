@@ -22,7 +22,8 @@ loops in the tests):
   rows are short (OW < 16, e.g. 10 in LeNet's second layer), copying rows of OW numbers is
   dominated by per-row overhead; with the batch innermost each copy moves OW*N contiguous
   numbers. Measured on LeNet's second layer (batch 64, 1 thread): forward 2.1 -> 1.1 ms,
-  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice.
+  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice. Its output is a
+  (N, F, OH, OW) view of (F, OH, OW, N) memory, not a row-major copy.
 
 In the batch-minor layout dx is computed one kernel offset at a time when each offset's piece
 is large (it stays in cache), and otherwise as one product and a separable scatter (fewer
@@ -95,8 +96,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
         y = w_mat @ cols                                     # (F, OH*OW*N)
         if bias is not None:
             y += bias[:, None]
+        # Returned as a view with the batch innermost in memory: an activation or pooling
+        # after it then runs over contiguous runs of N numbers, and no copy back to row-major
+        # is made (LeNet-5 inference 1.11-1.15x faster, training unchanged; batch 64, 1 thread).
         y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
-        y = _contiguous(xp, y)
     else:
         raise ValueError(f"layout must be 'batched' or 'batch_minor', got {layout!r}")
     return y, ConvCache(cols, g, tuple(x.shape), layout)
