@@ -286,8 +286,22 @@ def test_batch_minor_output_keeps_the_batch_innermost_and_dx_is_row_major():
     # no copy back to row-major: the layers after it run over contiguous runs of the batch
     assert y.strides[0] == y.itemsize and not y.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(y, K.conv2d_forward(x, w, None, layout="batched")[0], rtol=1e-5)
+    copied, _ = K.conv2d_forward(x, w, None, layout="batch_minor", row_major=True)
+    assert copied.flags["C_CONTIGUOUS"] and np.array_equal(copied, y)
     dx, _, _ = K.conv2d_backward(np.ones(y.shape, np.float32), w, cache)
     assert dx.flags["C_CONTIGUOUS"]
+
+
+def test_conv_layer_output_is_row_major_only_when_training():
+    from portacnn.layers import Conv2D
+
+    layer = Conv2D(3, 3, in_channels=2, seed=0)          # 6x6 input -> 4-wide rows: batch-minor
+    x = np.random.default_rng(4).standard_normal((5, 2, 6, 6)).astype(np.float32)
+    trained = layer.forward(x)
+    assert trained.flags["C_CONTIGUOUS"]
+    layer.eval()
+    inferred = layer.forward(x)
+    assert not inferred.flags["C_CONTIGUOUS"] and np.array_equal(inferred, trained)
 
 
 def test_repeat_pixels_is_nearest_neighbour_upsampling(backend):
