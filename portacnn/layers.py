@@ -258,8 +258,8 @@ class Conv2D(Layer):
     def _forward(self, x):
         y, cache = K.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                     self.stride, self.padding, padding_mode=self.padding_mode,
-                                    row_major=self.training)
-        self._cache = cache if self.training else None
+                                    inference=not self.training)
+        self._cache = cache
         return y
 
     def _backward(self, dy):
