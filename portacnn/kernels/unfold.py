@@ -32,9 +32,9 @@ from typing import NamedTuple
 
 from ..runtime import namespace
 
-__all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "scatter_windows",
-           "scatter_add_windows", "crop", "unpad", "pad_batch_minor", "repeat_pixels",
-           "PADDING_MODES"]
+__all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "column_shifts",
+           "row_shift", "scatter_windows", "scatter_add_windows", "crop", "unpad",
+           "pad_batch_minor", "repeat_pixels", "PADDING_MODES"]
 
 
 class Geometry(NamedTuple):
