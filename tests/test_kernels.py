@@ -297,13 +297,13 @@ def test_batch_minor_output_is_row_major_for_backward_and_a_view_for_inference()
 
 
 def test_inference_sums_kernel_rows_when_filters_are_few(core_backend, host_rng, monkeypatch):
-    # stride 1 and F <= C*kw: the batch-minor inference route; F > C*kw or stride 2: full columns
+    # row stride 1 and F <= C*kw: the batch-minor inference route; else the full columns
     calls = []
     real = conv_kernels._by_kernel_rows
     monkeypatch.setattr(conv_kernels, "_by_kernel_rows", lambda *a: calls.append(1) or real(*a))
     be = core_backend
     x = host_rng.normal(size=(3, 4, 6, 7))
-    for f, stride, taken in [(12, 1, True), (13, 1, False), (4, 2, False)]:
+    for f, stride, taken in [(12, 1, True), (12, (1, 2), True), (13, 1, False), (4, 2, False)]:
         w = host_rng.normal(size=(f, 4, 3, 3))
         calls.clear()
         y, _ = K.conv2d_forward(be.asarray(x), be.asarray(w), None, stride, 1,

@@ -123,7 +123,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
 
 def _by_kernel_rows(xpad, weight, g: Geometry):
     """The batch-minor product ``W @ cols`` without building the (C*kh*kw, OH*OW*N) columns:
-    stack only the kw column shifts, (C, kw, Hp, OW, N); with stride 1 the rows of kernel row
+    stack only the kw column shifts, (C, kw, Hp, OW, N); with row stride 1 the rows of kernel row
     i are then a strided (C*kw, OH*OW*N) view of that stack, and the result is the sum of kh
     products ``W[:, :, i, :] @ view_i``. The (F, OH*OW*N) partial sums stay in cache where
     the full columns would not. LeNet-5's second layer (F=16 <= C*kw=30), 1 thread:
