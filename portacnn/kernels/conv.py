@@ -137,14 +137,13 @@ def _by_kernel_rows(xpad, weight, g: Geometry):
     n = xpad.shape[-1]
     shifts = column_shifts(xpad, g, axis=1)                                 # (C, kw, Hp, OW, N)
     per_row = xp.reshape(xp.permute_dims(weight, (2, 0, 1, 3)), (kh, f, c * kw))
-    y = None
-    for i in range(kh):
+    def product(i):
         rows = xp.reshape(shifts[row_shift(g, i, axis=1)], (c * kw, g.oh * g.ow * n))
-        part = per_row[i, ...] @ rows
-        if y is None:
-            y = part
-        else:
-            y += part
+        return per_row[i, ...] @ rows
+
+    y = product(0)
+    for i in range(1, kh):
+        y += product(i)
     return y
 
 
