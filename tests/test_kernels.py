@@ -296,20 +296,40 @@ def test_batch_minor_output_is_row_major_for_backward_and_a_view_for_inference()
     np.testing.assert_allclose(fast, y, rtol=1e-5, atol=1e-6)
 
 
-def test_inference_sums_kernel_rows_when_filters_are_few(core_backend, host_rng, monkeypatch):
-    # row stride 1 and F <= C*kw: the batch-minor inference route; else the full columns
+def test_batch_minor_inference_goes_one_output_row_at_a_time(core_backend, host_rng,
+                                                             monkeypatch):
     calls = []
-    real = conv_kernels._by_kernel_rows
-    monkeypatch.setattr(conv_kernels, "_by_kernel_rows", lambda *a: calls.append(1) or real(*a))
+    real = conv_kernels._by_output_rows
+    monkeypatch.setattr(conv_kernels, "_by_output_rows", lambda *a: calls.append(1) or real(*a))
     be = core_backend
     x = host_rng.normal(size=(3, 4, 6, 7))
-    for f, stride, taken in [(12, 1, True), (12, (1, 2), True), (13, 1, False), (4, 2, False)]:
+    for f, stride, mode in [(12, 1, "zeros"), (13, (1, 2), "zeros"), (4, 2, "replicate")]:
         w = host_rng.normal(size=(f, 4, 3, 3))
+        b = host_rng.normal(size=f)
         calls.clear()
-        y, _ = K.conv2d_forward(be.asarray(x), be.asarray(w), None, stride, 1,
-                                layout="batch_minor", inference=True)
-        assert bool(calls) is taken
-        assert_close(y, R.conv2d(x, w, None, stride, 1))
+        y, _ = K.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), stride, 1,
+                                layout="batch_minor", padding_mode=mode, inference=True)
+        assert calls
+        assert_close(y, R.conv2d(x, w, b, stride, 1, padding_mode=mode))
+        calls.clear()
+        K.conv2d_forward(be.asarray(x), be.asarray(w), None, stride, 1, layout="batch_minor")
+        assert not calls                                   # training builds the columns
+
+
+@pytest.mark.parametrize("stride, padding, mode", [(1, 0, "zeros"), ((2, 1), 1, "zeros"),
+                                                   ((1, 3), (2, 1), "replicate")])
+def test_row_blocks_hold_each_output_rows_columns(host_rng, stride, padding, mode):
+    from portacnn.kernels.unfold import im2col, row_blocks
+
+    n, c, h, w, kh, kw = 2, 3, 7, 8, 3, 2
+    x = host_rng.normal(size=(n, c, h, w))
+    g = geometry((h, w), (kh, kw), stride, padding, mode)
+    blocks = row_blocks(x, g)
+    cols = im2col(x, (kh, kw), stride, padding, mode)       # (N, C*kh*kw, OH*OW)
+    want = np.transpose(cols.reshape(n, c, kh, kw, g.oh, g.ow), (4, 2, 3, 1, 5, 0))
+    for r in range(g.oh):
+        got = blocks[r * g.sh:r * g.sh + kh].reshape(kh, kw, c, g.ow, n)
+        np.testing.assert_array_equal(got, want[r])
 
 
 def test_conv_layer_output_is_row_major_only_when_training():

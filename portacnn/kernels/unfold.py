@@ -34,7 +34,7 @@ from ..runtime import namespace
 
 __all__ = ["Geometry", "geometry", "im2col", "col2im", "pad", "windows", "column_shifts",
            "row_shift", "scatter_windows", "scatter_add_windows", "crop", "unpad",
-           "pad_batch_minor", "repeat_pixels", "PADDING_MODES"]
+           "pad_batch_minor", "row_blocks", "repeat_pixels", "PADDING_MODES"]
 
 
 class Geometry(NamedTuple):
@@ -326,16 +326,38 @@ def scatter_windows(dwin, g: Geometry, input_shape):
     return unpad(scatter_add_windows(dwin, g, padded), g)
 
 
-def pad_batch_minor(x, g: Geometry):
+def pad_batch_minor(x, g: Geometry, rows_first: bool = False):
     """NCHW ``x`` -> padded (C, Hp, Wp, N): the batch innermost, so each window slice
-    moves rows of OW*N contiguous numbers instead of OW (see :mod:`portacnn.kernels.conv`)."""
+    moves rows of OW*N contiguous numbers instead of OW (see :mod:`portacnn.kernels.conv`).
+    With ``rows_first`` the padded rows lead: (Hp, C, Wp, N), as :func:`row_blocks` wants."""
     xp = namespace(x)
+    order = (2, 1, 3, 0) if rows_first else (1, 2, 3, 0)
     if g.mode == "replicate":
-        return xp.permute_dims(pad(x, g), (1, 2, 3, 0))
+        return xp.permute_dims(pad(x, g), order)
     n, c, h, w = x.shape
-    buf = xp.zeros((c,) + g.padded_hw(h, w) + (n,), dtype=x.dtype, device=x.device)
-    buf[:, g.top : g.top + h, g.left : g.left + w, :] = xp.permute_dims(x, (1, 2, 3, 0))
+    hp, wp = g.padded_hw(h, w)
+    buf = xp.zeros((hp, c, wp, n) if rows_first else (c, hp, wp, n), dtype=x.dtype,
+                   device=x.device)
+    rows, cols = slice(g.top, g.top + h), slice(g.left, g.left + w)
+    key = (rows, slice(None), cols, ...) if rows_first else (slice(None), rows, cols, ...)
+    buf[key] = xp.permute_dims(x, order)
     return buf
+
+
+def row_blocks(x, g: Geometry):
+    """NCHW ``x`` -> (Hp, kw*C*OW*N): padded input row r, seen by every output column at
+    every column offset j, for every channel and sample (that order, the batch innermost).
+
+    The kh rows from ``r * sh`` on, reshaped to (kh*kw*C, OW*N), are then the im2col columns
+    of output row r, rows ordered (i, j, c): a convolution needs kh rows of this (kw*C*OW*N
+    numbers each) per output row instead of the whole (C*kh*kw, OH*OW*N) column matrix.
+    """
+    xp = namespace(x)
+    n, c = x.shape[:2]
+    xpad = pad_batch_minor(x, g, rows_first=True)                       # (Hp, C, Wp, N)
+    last = g.sw * (g.ow - 1) + 1
+    shifted = xp.stack([xpad[:, :, j:j + last:g.sw, :] for j in range(g.kw)], axis=1)
+    return xp.reshape(shifted, (xpad.shape[0], g.kw * c * g.ow * n))
 
 
 def im2col(x, kernel_size, stride=1, padding=0, padding_mode="zeros"):
