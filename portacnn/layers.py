@@ -190,9 +190,9 @@ class Conv2D(Layer):
     Shapes: x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C, kh, kw); bias (F,).
 
     After ``eval()`` the layer keeps no cache and computes for inference
-    (``conv2d_forward(inference=True)``): with output rows narrower than 16, ``y`` is then a
-    strided view with the batch innermost in memory, equal to the training-mode output up to
-    float rounding (the products are summed in another order).
+    (``conv2d_forward(inference=True)``): ``y`` is then a strided view with the batch
+    innermost in memory, equal to the training-mode output up to float rounding (the
+    products are summed in another order).
     """
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, *, in_channels=None,

@@ -314,6 +314,15 @@ def test_batch_minor_inference_goes_one_output_row_at_a_time(core_backend, host_
         calls.clear()
         K.conv2d_forward(be.asarray(x), be.asarray(w), None, stride, 1, layout="batch_minor")
         assert not calls                                   # training builds the columns
+    # Rows of SHORT_ROW or more: training takes the batched columns, inference still this route.
+    wide = host_rng.normal(size=(2, 1, 5, conv_kernels.SHORT_ROW + 2))
+    w = host_rng.normal(size=(3, 1, 3, 3))
+    calls.clear()
+    y, cache = K.conv2d_forward(be.asarray(wide), be.asarray(w), None, 1, 1)
+    assert not calls and cache.layout == "batched"
+    y, _ = K.conv2d_forward(be.asarray(wide), be.asarray(w), None, 1, 1, inference=True)
+    assert calls
+    assert_close(y, R.conv2d(wide, w, None, 1, 1))
 
 
 @pytest.mark.parametrize("stride, padding, mode", [(1, 0, "zeros"), ((2, 1), 1, "zeros"),

@@ -13,8 +13,8 @@ Forward is a matrix product ``W.reshape(F, C*kh*kw) @ cols``. Backward:
     db = sum over n, oh, ow of dy
     dx = col2im(W^T @ dy)                  skipped when ``need_dx`` is False (first layer)
 
-Two column layouts, chosen by the output row length (both are checked against the same naive
-loops in the tests):
+Two column layouts; for training chosen by the output row length (both are checked against
+the same naive loops in the tests):
 
 - ``"batched"``: cols (N, C*K, OH*OW), one small matrix product per sample. Best when output
   rows are long (LeNet's first layer, 28 wide): each window slice copies rows of OW numbers.
@@ -22,9 +22,12 @@ loops in the tests):
   rows are short (OW < 16, e.g. 10 in LeNet's second layer), copying rows of OW numbers is
   dominated by per-row overhead; with the batch innermost each copy moves OW*N contiguous
   numbers. Measured on LeNet's second layer (batch 64, 1 thread): forward 2.1 -> 1.1 ms,
-  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice. For inference
-  the product is made one output row at a time and its output is a (N, F, OH, OW) view of
-  (OH, F, OW, N) memory; otherwise it is a row-major copy.
+  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice.
+
+Inference (``inference=True``) takes the batch-minor layout for every row length, without the
+columns: one product per output row from kw shifted copies of the input
+(:func:`_by_output_rows`), and the output a (N, F, OH, OW) view of (F, OH, OW, N) memory.
+Training output is a row-major copy.
 
 In the batch-minor layout dx is computed one kernel offset at a time when each offset's piece
 is large (it stays in cache), and otherwise as one product and a separable scatter (fewer
@@ -67,7 +70,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
 
     ``stride`` is an int or pair; ``padding`` an int, pair, ``"same"`` or ``"valid"``;
     ``padding_mode`` ``"zeros"`` or ``"replicate"`` (edge pixels repeated).
-    ``layout`` forces ``"batched"`` or ``"batch_minor"`` (default: chosen by output width).
+    ``layout`` forces ``"batched"`` or ``"batch_minor"`` (default: ``"batch_minor"`` for
+    inference, else chosen by output width).
     ``inference=True`` says no backward pass follows: nothing is kept (the cache is None)
     and the batch-minor layout takes its inference route (see :func:`_by_output_rows`) and
     returns ``y`` as a view of batch-innermost memory. Otherwise ``y`` is row-major: the
@@ -88,7 +92,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
         )
     g = geometry((h, w), (kh, kw), stride, padding, padding_mode)
     if layout is None:
-        layout = "batch_minor" if g.ow < SHORT_ROW else "batched"
+        layout = "batch_minor" if inference or g.ow < SHORT_ROW else "batched"
     w_mat = xp.reshape(weight, (f, c * kh * kw))
     if layout == "batched":
         cols = _cols(x, g)                                   # (N, C*K, L)
@@ -102,12 +106,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
             y += row
         y = xp.reshape(y, (n, f, g.oh, g.ow))
     elif layout == "batch_minor" and inference:
-        y = _by_output_rows(x, weight, g)                    # (OH, F, OW*N)
+        y = _by_output_rows(x, weight, g)                    # (F, OH, OW*N)
         if bias is not None:
-            y += bias[:, None]
+            y += bias[:, None, None]
         # A view with the batch innermost in memory: an activation or pooling after it then
         # runs over contiguous runs of N numbers, and no copy back to row-major is made.
-        y = xp.permute_dims(xp.reshape(y, (g.oh, f, g.ow, n)), (3, 1, 0, 2))
+        y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
         cols = None
     elif layout == "batch_minor":
         cols = xp.reshape(windows(pad_batch_minor(x, g), g, axis=1),
@@ -127,22 +131,24 @@ def _by_output_rows(x, weight, g: Geometry):
     (C*kh*kw, OH*OW*N) columns: output row r is ``W' @ block_r``, where block_r is a
     contiguous (kh*kw*C, OW*N) view of kh rows of :func:`~.unfold.row_blocks` (kw times the
     padded input, not kh*kw times) and ``W'`` the weight with its columns ordered (i, j, c).
-    Returns (OH, F, OW*N). Each product has K = C*kh*kw, where summing kernel rows would
+    Returns (F, OH, OW*N). Each product has K = C*kh*kw, where summing kernel rows would
     have C*kw. Used only for inference: a backward pass wants the columns.
 
-    1 thread, batch 64, against the full columns: LeNet-5's second layer 949 -> 618 us, and
-    faster on each of eight other layer shapes (3-64 channels, 3x3 and 5x5 kernels, stride
-    1 and 2); at batch 16 within 10% of summing kernel rows (158 vs 143 us).
+    1 thread, batch 64, against the batch-minor columns: LeNet-5's second layer 949 -> 618
+    us, and faster on each of eight other layer shapes (3-64 channels, 3x3 and 5x5 kernels,
+    stride 1 and 2). Against the batched columns, for wide rows: LeNet-5's first layer
+    1158 -> 625 us (7941 -> 4545 at batch 256; 56 and 112 pixel inputs ~2x), 32x32 inputs
+    with 16-32 channels 1.4-1.9x; 3 input channels and batch 16 are 5-10% slower.
     """
     xp = namespace(x, weight)
     n, c = x.shape[:2]
     f, _, kh, kw = weight.shape
     blocks = row_blocks(x, g)                                    # (Hp, kw*C*OW*N)
     w_rows = xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (f, kh * kw * c))
-    y = xp.empty((g.oh, f, g.ow * n), dtype=x.dtype, device=x.device)
+    y = xp.empty((f, g.oh, g.ow * n), dtype=x.dtype, device=x.device)
     for r in range(g.oh):
         top = r * g.sh
-        y[r, ...] = w_rows @ xp.reshape(blocks[top:top + kh, ...], (kh * kw * c, g.ow * n))
+        y[:, r, :] = w_rows @ xp.reshape(blocks[top:top + kh, ...], (kh * kw * c, g.ow * n))
     return y
 
 
