@@ -296,8 +296,7 @@ def test_batch_minor_output_is_row_major_for_backward_and_a_view_for_inference()
     np.testing.assert_allclose(fast, y, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_minor_inference_goes_one_output_row_at_a_time(core_backend, host_rng,
-                                                             monkeypatch):
+def test_batch_minor_layout_goes_one_output_row_at_a_time(core_backend, host_rng, monkeypatch):
     calls = []
     real = conv_kernels._by_output_rows
     monkeypatch.setattr(conv_kernels, "_by_output_rows", lambda *a: calls.append(1) or real(*a))
@@ -306,14 +305,12 @@ def test_batch_minor_inference_goes_one_output_row_at_a_time(core_backend, host_
     for f, stride, mode in [(12, 1, "zeros"), (13, (1, 2), "zeros"), (4, 2, "replicate")]:
         w = host_rng.normal(size=(f, 4, 3, 3))
         b = host_rng.normal(size=f)
-        calls.clear()
-        y, _ = K.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), stride, 1,
-                                layout="batch_minor", padding_mode=mode, inference=True)
-        assert calls
-        assert_close(y, R.conv2d(x, w, b, stride, 1, padding_mode=mode))
-        calls.clear()
-        K.conv2d_forward(be.asarray(x), be.asarray(w), None, stride, 1, layout="batch_minor")
-        assert not calls                                   # training builds the columns
+        for inference in (False, True):
+            calls.clear()
+            y, _ = K.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), stride, 1,
+                                    layout="batch_minor", padding_mode=mode, inference=inference)
+            assert calls
+            assert_close(y, R.conv2d(x, w, b, stride, 1, padding_mode=mode))
     # Rows of SHORT_ROW or more: training takes the batched columns, inference still this route.
     wide = host_rng.normal(size=(2, 1, 5, conv_kernels.SHORT_ROW + 2))
     w = host_rng.normal(size=(3, 1, 3, 3))

@@ -13,21 +13,22 @@ Forward is a matrix product ``W.reshape(F, C*kh*kw) @ cols``. Backward:
     db = sum over n, oh, ow of dy
     dx = col2im(W^T @ dy)                  skipped when ``need_dx`` is False (first layer)
 
-Two column layouts; for training chosen by the output row length (both are checked against
-the same naive loops in the tests):
+Two layouts, both checked against the same naive loops in the tests:
 
-- ``"batched"``: cols (N, C*K, OH*OW), one small matrix product per sample. Best when output
-  rows are long (LeNet's first layer, 28 wide): each window slice copies rows of OW numbers.
-- ``"batch_minor"``: the batch innermost, cols (C*K, OH*OW*N), one large matrix product. When
-  rows are short (OW < 16, e.g. 10 in LeNet's second layer), copying rows of OW numbers is
-  dominated by per-row overhead; with the batch innermost each copy moves OW*N contiguous
-  numbers. Measured on LeNet's second layer (batch 64, 1 thread): forward 2.1 -> 1.1 ms,
-  backward 3.8 -> 2.4 ms; on the first layer it is slower, hence the choice.
+- ``"batched"``: cols (N, C*K, OH*OW), one small matrix product per sample. Best for training
+  when output rows are long (LeNet's first layer, 28 wide): each window slice copies rows of
+  OW numbers.
+- ``"batch_minor"``: the batch innermost, and no column matrix at all. :func:`~.unfold.row_blocks`
+  stacks kw column-shifted copies of the padded input, (Hp, kw*C*OW*N); kh of its rows are a
+  contiguous view of one output row's columns, (C*K, OW*N), so the forward pass is one product
+  per output row (:func:`_by_output_rows`) and dW a sum of one product per output row. Each
+  copy moves OW*N contiguous numbers where the batched layout copies rows of OW, and the
+  blocks are kw times the input where the columns are kh*kw times. Training takes it for
+  rows narrower than ``SHORT_ROW`` (LeNet's second layer); inference for every row width.
 
-Inference (``inference=True``) takes the batch-minor layout for every row length, without the
-columns: one product per output row from kw shifted copies of the input
-(:func:`_by_output_rows`), and the output a (N, F, OH, OW) view of (F, OH, OW, N) memory.
-Training output is a row-major copy.
+Training outputs are row-major. For inference (``inference=True``) the output is a
+(N, F, OH, OW) view of (F, OH, OW, N) memory, so the activation and pooling after it run
+over contiguous runs of the batch.
 
 In the batch-minor layout dx is computed one kernel offset at a time when each offset's piece
 is large (it stays in cache), and otherwise as one product and a separable scatter (fewer
@@ -40,19 +41,21 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..runtime import namespace
-from .unfold import Geometry, _cols, _fold, check_nchw, geometry, pad_batch_minor, row_blocks, \
-    unpad, window_slice, windows
+from .unfold import Geometry, _cols, _fold, check_nchw, geometry, row_blocks, unpad, \
+    window_slice
 
 __all__ = ["conv2d_forward", "conv2d_backward", "ConvCache", "SHORT_ROW"]
 
-SHORT_ROW = 16     # output rows narrower than this use the batch-innermost layout
+SHORT_ROW = 16     # in training, output rows narrower than this use the batch-minor layout
 SMALL_PIECE = 32768  # below this many numbers per kernel offset, dx takes the separable path
 
 
 class ConvCache(NamedTuple):
-    """What :func:`conv2d_backward` needs from the forward pass."""
+    """What :func:`conv2d_backward` needs from the forward pass: ``unfolded`` is the batched
+    layout's columns (N, C*kh*kw, OH*OW) or the batch-minor layout's row blocks
+    (Hp, kw*C*OW*N)."""
 
-    cols: object
+    unfolded: object
     geometry: Geometry
     input_shape: tuple
     layout: str
@@ -73,10 +76,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
     ``layout`` forces ``"batched"`` or ``"batch_minor"`` (default: ``"batch_minor"`` for
     inference, else chosen by output width).
     ``inference=True`` says no backward pass follows: nothing is kept (the cache is None)
-    and the batch-minor layout takes its inference route (see :func:`_by_output_rows`) and
-    returns ``y`` as a view of batch-innermost memory. Otherwise ``y`` is row-major: the
-    layers after it keep their output's memory order in what they cache, and their backward
-    passes would mix it with row-major gradients (a tanh backward at batch 64: 76 -> 413 us).
+    and ``y`` is a view of batch-innermost memory. Otherwise ``y`` is row-major: the layers
+    after it keep their output's memory order in what they cache, and their backward passes
+    would mix it with row-major gradients (a tanh backward at batch 64: 76 -> 413 us).
     Returns ``(y, cache)`` with ``y`` of shape (N, F, OH, OW).
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
@@ -93,10 +95,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
     g = geometry((h, w), (kh, kw), stride, padding, padding_mode)
     if layout is None:
         layout = "batch_minor" if inference or g.ow < SHORT_ROW else "batched"
-    w_mat = xp.reshape(weight, (f, c * kh * kw))
     if layout == "batched":
-        cols = _cols(x, g)                                   # (N, C*K, L)
-        y = w_mat @ cols                                     # (N, F, L)
+        unfolded = _cols(x, g)                               # (N, C*K, L)
+        y = xp.reshape(weight, (f, c * kh * kw)) @ unfolded  # (N, F, L)
         if bias is not None:
             # Add one (F*L,) row of biases to each sample: with the bias broadcast along L,
             # NumPy's inner loop restarts every L numbers (LeNet's conv1: 90-107 -> 52 us).
@@ -105,34 +106,24 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, layout: str | None
             y = xp.reshape(y, (n, length))
             y += row
         y = xp.reshape(y, (n, f, g.oh, g.ow))
-    elif layout == "batch_minor" and inference:
-        y = _by_output_rows(x, weight, g)                    # (F, OH, OW*N)
+    elif layout == "batch_minor":
+        unfolded = row_blocks(x, g)                          # (Hp, kw*C*OW*N)
+        y = _by_output_rows(unfolded, weight, g, n)          # (F, OH, OW*N)
         if bias is not None:
             y += bias[:, None, None]
-        # A view with the batch innermost in memory: an activation or pooling after it then
-        # runs over contiguous runs of N numbers, and no copy back to row-major is made.
         y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
-        cols = None
-    elif layout == "batch_minor":
-        cols = xp.reshape(windows(pad_batch_minor(x, g), g, axis=1),
-                          (c * kh * kw, g.oh * g.ow * n))
-        y = w_mat @ cols                                     # (F, OH*OW*N)
-        if bias is not None:
-            y += bias[:, None]
-        y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
-        y = _contiguous(xp, y)
+        if not inference:
+            y = _contiguous(xp, y)
     else:
         raise ValueError(f"layout must be 'batched' or 'batch_minor', got {layout!r}")
-    return y, None if inference else ConvCache(cols, g, tuple(x.shape), layout)
+    return y, None if inference else ConvCache(unfolded, g, tuple(x.shape), layout)
 
 
-def _by_output_rows(x, weight, g: Geometry):
+def _by_output_rows(blocks, weight, g: Geometry, n: int):
     """The batch-minor product ``W @ cols`` one output row at a time, without building the
     (C*kh*kw, OH*OW*N) columns: output row r is ``W' @ block_r``, where block_r is a
-    contiguous (kh*kw*C, OW*N) view of kh rows of :func:`~.unfold.row_blocks` (kw times the
-    padded input, not kh*kw times) and ``W'`` the weight with its columns ordered (i, j, c).
-    Returns (F, OH, OW*N). Each product has K = C*kh*kw, where summing kernel rows would
-    have C*kw. Used only for inference: a backward pass wants the columns.
+    contiguous (kh*kw*C, OW*N) view of kh rows of ``blocks`` (:func:`~.unfold.row_blocks`)
+    and ``W'`` the weight with its columns ordered (i, j, c). Returns (F, OH, OW*N).
 
     1 thread, batch 64, against the batch-minor columns: LeNet-5's second layer 949 -> 618
     us, and faster on each of eight other layer shapes (3-64 channels, 3x3 and 5x5 kernels,
@@ -140,12 +131,10 @@ def _by_output_rows(x, weight, g: Geometry):
     1158 -> 625 us (7941 -> 4545 at batch 256; 56 and 112 pixel inputs ~2x), 32x32 inputs
     with 16-32 channels 1.4-1.9x; 3 input channels and batch 16 are 5-10% slower.
     """
-    xp = namespace(x, weight)
-    n, c = x.shape[:2]
-    f, _, kh, kw = weight.shape
-    blocks = row_blocks(x, g)                                    # (Hp, kw*C*OW*N)
+    xp = namespace(blocks, weight)
+    f, c, kh, kw = weight.shape
     w_rows = xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (f, kh * kw * c))
-    y = xp.empty((f, g.oh, g.ow * n), dtype=x.dtype, device=x.device)
+    y = xp.empty((f, g.oh, g.ow * n), dtype=blocks.dtype, device=blocks.device)
     for r in range(g.oh):
         top = r * g.sh
         y[:, r, :] = w_rows @ xp.reshape(blocks[top:top + kh, ...], (kh * kw * c, g.ow * n))
@@ -166,26 +155,49 @@ def conv2d_backward(dy, weight, cache: ConvCache, need_dx: bool = True):
     """
     xp = namespace(dy, weight)
     n, f, oh, ow = dy.shape
-    cols, g, input_shape, layout = cache
+    unfolded, g, input_shape, layout = cache
     c = input_shape[1]
     w_mat = xp.reshape(weight, (f, c * g.window))
     dx = None
     if layout == "batched":
         dy_mat = xp.reshape(dy, (n, f, oh * ow))                      # (N, F, L)
-        dweight = xp.sum(dy_mat @ xp.matrix_transpose(cols), axis=0)  # (F, C*K)
+        dweight = xp.sum(dy_mat @ xp.matrix_transpose(unfolded), axis=0)  # (F, C*K)
         dbias = xp.sum(dy_mat, axis=(0, 2))
         if need_dx:
             dx = _fold(xp.matrix_transpose(w_mat) @ dy_mat, g, input_shape)
     else:
         dy_mat = xp.reshape(xp.permute_dims(dy, (1, 2, 3, 0)), (f, oh * ow * n))  # (F, L*N)
-        # (cols @ dy^T)^T: the same product, ~1.8x faster in OpenBLAS for these shapes
-        dweight = xp.matrix_transpose(cols @ xp.matrix_transpose(dy_mat))
+        dweight = _weight_grad_by_output_rows(dy_mat, unfolded, weight.shape, g, n)
         dbias = xp.sum(dy_mat, axis=1)
         if need_dx:
             small = c * oh * ow * n < SMALL_PIECE
             dx = (_input_grad_separable if small else _input_grad_per_offset)(
                 dy_mat, weight, g, input_shape)
     return dx, xp.reshape(dweight, weight.shape), dbias
+
+
+def _weight_grad_by_output_rows(dy_mat, blocks, weight_shape, g: Geometry, n: int):
+    """dW = dy @ cols^T in the batch-minor layout, as a sum over output rows r of
+    ``block_r @ dy_r^T`` (block_r as in :func:`_by_output_rows`; the transposed product is
+    the faster one in OpenBLAS for these shapes). Returns (F, C, kh, kw).
+
+    LeNet-5's second layer, 1 thread, batch 32: 459 us from the full columns, 451 us from
+    the blocks (514 us with ``dy_r @ block_r^T``), and the forward pass 708 -> 420 us.
+    """
+    xp = namespace(dy_mat, blocks)
+    f, c, kh, kw = weight_shape
+    rows = g.ow * n
+    dy_rows = xp.reshape(dy_mat, (f, g.oh, rows))
+    acc = None
+    for r in range(g.oh):
+        top = r * g.sh
+        block = xp.reshape(blocks[top:top + kh, ...], (kh * kw * c, rows))
+        part = block @ xp.matrix_transpose(dy_rows[:, r, :])            # (kh*kw*C, F)
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    return xp.permute_dims(xp.reshape(xp.matrix_transpose(acc), (f, kh, kw, c)), (0, 3, 1, 2))
 
 
 def _input_grad_per_offset(dy_mat, weight, g: Geometry, input_shape):

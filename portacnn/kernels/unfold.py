@@ -326,21 +326,17 @@ def scatter_windows(dwin, g: Geometry, input_shape):
     return unpad(scatter_add_windows(dwin, g, padded), g)
 
 
-def pad_batch_minor(x, g: Geometry, rows_first: bool = False):
-    """NCHW ``x`` -> padded (C, Hp, Wp, N): the batch innermost, so each window slice
-    moves rows of OW*N contiguous numbers instead of OW (see :mod:`portacnn.kernels.conv`).
-    With ``rows_first`` the padded rows lead: (Hp, C, Wp, N), as :func:`row_blocks` wants."""
+def pad_batch_minor(x, g: Geometry):
+    """NCHW ``x`` -> padded (Hp, C, Wp, N): the batch innermost, so each window slice moves
+    rows of OW*N contiguous numbers instead of OW, and the rows outermost, as
+    :func:`row_blocks` wants them (see :mod:`portacnn.kernels.conv`)."""
     xp = namespace(x)
-    order = (2, 1, 3, 0) if rows_first else (1, 2, 3, 0)
     if g.mode == "replicate":
-        return xp.permute_dims(pad(x, g), order)
+        return xp.permute_dims(pad(x, g), (2, 1, 3, 0))
     n, c, h, w = x.shape
     hp, wp = g.padded_hw(h, w)
-    buf = xp.zeros((hp, c, wp, n) if rows_first else (c, hp, wp, n), dtype=x.dtype,
-                   device=x.device)
-    rows, cols = slice(g.top, g.top + h), slice(g.left, g.left + w)
-    key = (rows, slice(None), cols, ...) if rows_first else (slice(None), rows, cols, ...)
-    buf[key] = xp.permute_dims(x, order)
+    buf = xp.zeros((hp, c, wp, n), dtype=x.dtype, device=x.device)
+    buf[g.top:g.top + h, :, g.left:g.left + w, ...] = xp.permute_dims(x, (2, 1, 3, 0))
     return buf
 
 
@@ -354,7 +350,7 @@ def row_blocks(x, g: Geometry):
     """
     xp = namespace(x)
     n, c = x.shape[:2]
-    xpad = pad_batch_minor(x, g, rows_first=True)                       # (Hp, C, Wp, N)
+    xpad = pad_batch_minor(x, g)                                        # (Hp, C, Wp, N)
     last = g.sw * (g.ow - 1) + 1
     shifted = xp.stack([xpad[:, :, j:j + last:g.sw, :] for j in range(g.kw)], axis=1)
     return xp.reshape(shifted, (xpad.shape[0], g.kw * c * g.ow * n))
