@@ -341,8 +341,8 @@ def pad_batch_minor(x, g: Geometry):
 
 
 def row_blocks(x, g: Geometry):
-    """NCHW ``x`` -> (Hp, kw*C*OW*N): padded input row r, seen by every output column at
-    every column offset j, for every channel and sample (that order, the batch innermost).
+    """NCHW ``x`` -> (Hp, kw*C*OW*N), the kw column shifts of the padded input with the
+    batch innermost: row p, entry (j, c, ow, n) is ``xpad[n, c, p, ow*sw + j]``.
 
     The kh rows from ``r * sh`` on, reshaped to (kh*kw*C, OW*N), are then the im2col columns
     of output row r, rows ordered (i, j, c): a convolution needs kh rows of this (kw*C*OW*N
