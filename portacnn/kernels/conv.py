@@ -215,9 +215,8 @@ def _input_grad_by_output_rows(dy_mat, weight, g: Geometry, input_shape):
         dblocks[top:top + kh, ...] += xp.reshape(w_t @ dy_rows[:, r, :], (kh, kw * c * rows))
     dshifted = xp.reshape(dblocks, (hp, kw, c, g.ow, n))
     buf = xp.zeros((hp, c, wp, n), dtype=dy_mat.dtype, device=dy_mat.device)
-    last = g.sw * (g.ow - 1) + 1
     for j in range(kw):
-        buf[:, :, j:j + last:g.sw, :] += dshifted[:, j, ...]
+        buf[:, :, g.cols_at(j), :] += dshifted[:, j, ...]
     return _batch_first(xp, xp.permute_dims(buf, (1, 0, 2, 3)), g)
 
 

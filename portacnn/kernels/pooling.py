@@ -64,12 +64,12 @@ def _offsets(g: Geometry):
 
 def _column_slices(xpad, g: Geometry):
     """The kw column-strided slices of a padded input, each (N, C, Hp, OW)."""
-    return [xpad[:, :, :, j : j + g.sw * (g.ow - 1) + 1 : g.sw] for j in range(g.kw)]
+    return [xpad[:, :, :, g.cols_at(j)] for j in range(g.kw)]
 
 
 def _row_slices(a, g: Geometry):
     """The kh row-strided slices of an (N, C, Hp, OW) array, each (N, C, OH, OW)."""
-    return [a[:, :, i : i + g.sh * (g.oh - 1) + 1 : g.sh, :] for i in range(g.kh)]
+    return [a[:, :, g.rows_at(i), :] for i in range(g.kh)]
 
 
 def _is_tiling(g: Geometry) -> bool:

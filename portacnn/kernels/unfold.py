@@ -65,6 +65,14 @@ class Geometry(NamedTuple):
         """``(Hp, Wp)``: the spatial size of an (H, W) input after padding."""
         return h + self.top + self.bottom, w + self.left + self.right
 
+    # The padded rows (columns) that kernel row i (column j) meets, one per output row
+    # (column). The stop stays in bounds: NumPy clips a slice silently, strict does not.
+    def rows_at(self, i: int) -> slice:
+        return slice(i, i + self.sh * (self.oh - 1) + 1, self.sh)
+
+    def cols_at(self, j: int) -> slice:
+        return slice(j, j + self.sw * (self.ow - 1) + 1, self.sw)
+
 
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, bool):
@@ -240,13 +248,8 @@ def unpad(buf, g: Geometry, axis: int = 2):
 
 def window_slice(g: Geometry, i: int, j: int, axis: int = 2):
     # The window at kernel offset (i, j) for every output pixel, as one strided slice of the
-    # two spatial axes (axis, axis + 1). Stops stay in bounds (i + s*(OH-1) + 1): NumPy clips
-    # silently, strict does not.
-    return (slice(None),) * axis + (
-        slice(i, i + g.sh * (g.oh - 1) + 1, g.sh),
-        slice(j, j + g.sw * (g.ow - 1) + 1, g.sw),
-        ...,
-    )
+    # two spatial axes (axis, axis + 1).
+    return (slice(None),) * axis + (g.rows_at(i), g.cols_at(j), ...)
 
 
 def windows(xpad, g: Geometry, axis: int = 2):
@@ -273,14 +276,14 @@ def column_shifts(xpad, g: Geometry, axis: int = 2):
     (..., Hp, Wp, ...) -> (..., kw, Hp, OW, ...)."""
     lead = (slice(None),) * axis
     return namespace(xpad).stack(
-        [xpad[lead + (slice(None), slice(j, j + g.sw * (g.ow - 1) + 1, g.sw), ...)]
+        [xpad[lead + (slice(None), g.cols_at(j), ...)]
          for j in range(g.kw)], axis=axis)
 
 
 def row_shift(g: Geometry, i: int, axis: int = 2):
     """Index of the rows at kernel row ``i`` in a :func:`column_shifts` stack whose kw axis is
     ``axis``: (..., kw, Hp, OW, ...) -> (..., kw, OH, OW, ...)."""
-    return (slice(None),) * (axis + 1) + (slice(i, i + g.sh * (g.oh - 1) + 1, g.sh), ...)
+    return (slice(None),) * (axis + 1) + (g.rows_at(i), ...)
 
 
 def repeat_pixels(x, factors):
@@ -351,8 +354,7 @@ def row_blocks(x, g: Geometry):
     xp = namespace(x)
     n, c = x.shape[:2]
     xpad = pad_batch_minor(x, g)                                        # (Hp, C, Wp, N)
-    last = g.sw * (g.ow - 1) + 1
-    shifted = xp.stack([xpad[:, :, j:j + last:g.sw, :] for j in range(g.kw)], axis=1)
+    shifted = xp.stack([xpad[:, :, g.cols_at(j), :] for j in range(g.kw)], axis=1)
     return xp.reshape(shifted, (xpad.shape[0], g.kw * c * g.ow * n))
 
 
