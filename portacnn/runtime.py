@@ -470,8 +470,9 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same few MB-sized arrays every batch. By default
     glibc hands blocks that large back to the kernel on ``free`` and gets fresh zeroed pages
     on the next ``malloc``: ~230 page faults and ~0.8 ms of kernel time per LeNet-5 step at
-    batch 64, and with two threads faulting at once they also queue on the process's memory
-    lock (an epoch on 2 threads ran 1.35-1.4x faster with the blocks kept). The cost: the
+    batch 64 when this was added (~100-300 with today's smaller convolution buffers), and
+    with two threads faulting at once they also queue on the process's memory lock (an epoch
+    on 2 threads ran 1.35-1.4x faster with the blocks kept). The cost: the
     process keeps up to 256 MiB of freed memory instead of returning it at once. Returns True
     if the setting was applied (glibc only; elsewhere nothing changes).
     """

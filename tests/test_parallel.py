@@ -182,7 +182,9 @@ def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch):
 
 def test_keep_freed_memory_cuts_page_faults_of_a_training_step():
     # The measured effect itself: a step in a fresh process with the setting off faults in
-    # fresh pages for its MB-sized arrays every time; with it on, they are reused.
+    # fresh pages for its MB-sized arrays most of the time; with it on, they are reused.
+    # Over 40 steps: 3,850-12,500 faults off, 2-231 on (8 runs each); over 10 steps glibc's
+    # own adaptive threshold sometimes brought "off" down to 0.
     import subprocess
     import sys
 
@@ -193,7 +195,7 @@ def test_keep_freed_memory_cuts_page_faults_of_a_training_step():
         "x = np.zeros((64, 1, 28, 28), np.float32); y = np.zeros(64, np.int64)\n"
         "for _ in range(10): m.train_step(x, y, o)\n"
         "a = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "for _ in range(20): m.train_step(x, y, o)\n"
+        "for _ in range(40): m.train_step(x, y, o)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - a)\n"
     )
     faults = {}
@@ -204,7 +206,7 @@ def test_keep_freed_memory_cuts_page_faults_of_a_training_step():
         faults[flag] = int(out.stdout.split()[-1])
     if not runtime.keep_freed_memory():
         pytest.skip("the allocator setting is not available here")
-    assert faults["1"] * 2 < faults["0"], faults       # measured: 3.5-7x fewer
+    assert faults["1"] * 2 < faults["0"], faults
 
 
 def test_thread_info_reports_the_workers(monkeypatch):
