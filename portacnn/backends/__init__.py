@@ -1,0 +1,33 @@
+"""Backends, portacnn's ground floor: one small class per array library, chosen by a registry.
+
+    >>> from portacnn.backends import get_backend
+    >>> be = get_backend("cpu")          # NumPy; "gpu" / "cuda:1" give CuPy, "jax" JAX
+    >>> x = be.asarray([[1.0, 2.0]])     # on the backend's device
+    >>> be.to_numpy(x * 2)
+    array([[2., 4.]])
+
+| class | library | device strings |
+|---|---|---|
+| :class:`NumpyBackend` | NumPy | ``"cpu"``, ``"numpy"`` |
+| :class:`CupyBackend` | CuPy | ``"gpu"``, ``"cuda"``, ``"cuda:N"``, ``"cupy"`` |
+| :class:`TorchBackend` | PyTorch | ``"torch"`` |
+| :class:`StrictBackend` | array_api_strict | ``"array_api_strict"`` |
+| :class:`Backend` (generic) | any namespace array-api-compat recognises | ``"jax"``, or the module |
+
+Nothing else in portacnn imports an array library or asks which backend runs: kernels infer
+``xp`` from their inputs (:func:`namespace`), layers and models ask their backend. This package
+imports nothing else from portacnn.
+"""
+
+from . import cupy, numpy, strict, torch  # noqa: F401  (each registers its class)
+from .base import (Backend, DeviceError, PortableRNG, describe_array, is_host_array, namespace,
+                   to_numpy)
+from .cupy import CupyBackend
+from .numpy import NumpyBackend
+from .registry import ENV_VAR, backend_of, get_backend, register, registered
+from .strict import StrictBackend
+from .torch import TorchBackend
+
+__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "NumpyBackend", "PortableRNG",
+           "StrictBackend", "TorchBackend", "backend_of", "describe_array", "get_backend",
+           "is_host_array", "namespace", "register", "registered", "to_numpy"]

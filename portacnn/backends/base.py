@@ -1,0 +1,288 @@
+"""The :class:`Backend` base class: one array-API namespace on one device.
+
+A backend is the only place in portacnn that knows which array library runs. Everything above
+it receives a namespace ``xp`` from a backend, or infers it from its inputs with
+:func:`namespace`, and computes with the array API standard alone.
+
+The base class works for any namespace that ``array_api_compat`` recognises (JAX, for one);
+the library classes in this package (:mod:`.numpy`, :mod:`.cupy`, :mod:`.torch`,
+:mod:`.strict`) add what their library needs: a device string, thread control, a smoke test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np  # host side only: random draws and host copies, never kernels
+
+__all__ = ["Backend", "DeviceError", "PortableRNG", "namespace", "to_numpy", "is_host_array",
+           "describe_array", "library_name"]
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that cannot be used here (unknown name, missing library, no GPU,
+    a GPU whose libraries or driver do not work)."""
+
+
+class PortableRNG:
+    """A seeded random generator whose draws are identical on every backend.
+
+    Numbers are drawn on the host with ``numpy.random.Generator(PCG64(seed))`` and moved to the
+    backend's device once, so the same seed gives the same weights on NumPy, CuPy, torch, JAX
+    and array_api_strict (the standard itself has no random numbers).
+    """
+
+    def __init__(self, backend: "Backend", seed: int | None = None):
+        self.backend = backend
+        self.seed = seed
+        self.host = np.random.default_rng(seed)
+
+    def normal(self, shape, std: float = 1.0, dtype=None):
+        """Normal(0, std) samples of ``shape`` on the backend's device."""
+        return self.backend.asarray(self.host.normal(0.0, std, size=shape), dtype=dtype)
+
+    def uniform(self, shape, low: float = 0.0, high: float = 1.0, dtype=None):
+        """Uniform[low, high) samples of ``shape`` on the backend's device."""
+        return self.backend.asarray(self.host.uniform(low, high, size=shape), dtype=dtype)
+
+    def bernoulli(self, shape, keep: float, dtype):
+        """A 0/1 mask of ``shape`` in ``dtype`` (ones with probability ``keep``), drawn in
+        float32 on the host and moved once: the same mask on every backend."""
+        draws = self.host.random(size=shape, dtype=np.float32)
+        return self.backend.asarray(draws < np.float32(keep), dtype=dtype)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """A permutation of ``range(n)`` as a host NumPy array (used to shuffle batches)."""
+        return self.host.permutation(n)
+
+
+class Backend:
+    """An array-API namespace and a device, with the few helpers portacnn needs.
+
+    The base class serves any namespace ``array_api_compat`` recognises; subclasses exist for
+    libraries that need more (see :mod:`portacnn.backends`).
+
+    Attributes:
+        name: the library's name (``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``...).
+        xp: the array-API-compatible namespace.
+        device: the device arrays are created on.
+        kernel_overrides: the name of a set of faster kernels this backend selects (see
+            :func:`portacnn.kernels.kernel`), or None for the portable kernels alone.
+        train_chunk: most images one forward+backward pass takes at once (a training batch is
+            run as chunks with summed gradients), or None for no limit.
+        infer_chunk: most images one inference forward pass takes at once, or None.
+        host_sync_is_free: True where reading a scalar back (``float(x)``) does not stall a
+            device queue, so progress can show running figures.
+    """
+
+    library: str | None = None      # the module a registered subclass serves
+    aliases: tuple = ()             # other device strings that select it
+    kernel_overrides: str | None = None
+    train_chunk: int | None = None
+    infer_chunk: int | None = None
+    host_sync_is_free = False
+
+    def __init__(self, xp: ModuleType, device: Any = None, native: ModuleType | None = None,
+                 name: str | None = None):
+        self.xp = xp
+        self.device = device if device is not None else array_api_compat.device(xp.empty(0))
+        self.native = native
+        self.name = name or library_name(xp)
+        self._array_type = type(xp.empty(0, device=self.device))
+
+    @classmethod
+    def parse(cls, key: str) -> tuple[bool, Any]:
+        """Whether the (lower-case) device string ``key`` selects this class, and the device
+        it names (None for the default)."""
+        return False, None
+
+    @classmethod
+    def create(cls, device=None) -> "Backend":
+        """An instance on ``device`` (None: the library's default device)."""
+        raise NotImplementedError(f"{cls.__name__} is made by get_backend(module)")
+
+    # --- identity -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Backend) and other.xp is self.xp
+                and str(other.device) == str(self.device))
+
+    def __hash__(self) -> int:
+        return hash((self.name, str(self.device)))
+
+    @property
+    def description(self) -> str:
+        """A one-line human description, e.g. ``"numpy 2.1.0 on cpu"``."""
+        version = getattr(self.native, "__version__", "") if self.native else ""
+        return " ".join(part for part in (self.name, version, "on", str(self.device)) if part)
+
+    # --- dtypes and arrays ----------------------------------------------------------------
+    def dtype(self, dtype):
+        """Resolve ``"float32"`` / ``"float64"`` (or a dtype of this namespace) to a dtype."""
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "float64"):
+                raise ValueError(f"unsupported dtype {dtype!r}: use 'float32' or 'float64'")
+            return getattr(self.xp, dtype)
+        return dtype
+
+    def owns(self, x) -> bool:
+        """True if ``x`` is an array of this backend's namespace on its device."""
+        if type(x) is self._array_type and str(array_api_compat.device(x)) == str(self.device):
+            return True
+        try:
+            xp = array_api_compat.array_namespace(x)
+        except TypeError:
+            return False
+        return xp is self.xp and str(array_api_compat.device(x)) == str(self.device)
+
+    def check(self, x, what: str = "the input") -> None:
+        """Raise ``TypeError`` unless ``x`` is an array of this backend on its device.
+
+        The message names both sides and how to move the array, e.g. "the input is a numpy
+        array on cpu but the model is on cupy (cuda:0): move it with model.backend.asarray(x)".
+        """
+        if not self.owns(x):
+            raise TypeError(
+                f"{what} is a {describe_array(x)} but the model is on {self.name} "
+                f"({self.device}): move it with model.backend.asarray(x)"
+            )
+
+    def asarray(self, x, dtype=None):
+        """Return ``x`` (a host array, list, or an array of any backend) on this device.
+
+        ``dtype`` may be a string (``"float32"``) or a dtype of this namespace. Arrays already
+        on this backend are returned without a copy when the dtype matches.
+        """
+        dtype = self.dtype(dtype) if dtype is not None else None
+        if not self.owns(x) and _is_foreign_array(x):
+            x = to_numpy(x)
+        with self.activate():
+            return self.xp.asarray(x, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """Copy an array of any backend to a host NumPy array."""
+        return to_numpy(x)
+
+    def rng(self, seed: int | None = None) -> PortableRNG:
+        """A :class:`PortableRNG` seeded with ``seed`` drawing onto this backend."""
+        return PortableRNG(self, seed)
+
+    # --- execution ------------------------------------------------------------------------
+    def activate(self):
+        """Context manager making this backend's device the current one, for libraries that
+        launch on a current device (CuPy); a no-op elsewhere."""
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""
+
+    def limit_threads(self, threads: int | None):
+        """Context manager capping the CPU threads of the BLAS libraries loaded in this process
+        (threadpoolctl); ``None`` leaves them alone. Subclasses add their library's own pools."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if threads is None:
+            return contextlib.nullcontext()
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=threads)
+
+    def thread_info(self) -> dict:
+        """The thread count of each CPU pool in use, e.g. ``{"openblas": 1}``."""
+        from threadpoolctl import threadpool_info
+
+        return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+
+
+def library_name(xp) -> str:
+    """The library behind a namespace: ``array_api_compat.numpy`` -> ``"numpy"``,
+    ``jax.numpy`` -> ``"jax"``."""
+    return xp.__name__.removeprefix("array_api_compat.").split(".")[0]
+
+
+def is_host_array(x) -> bool:
+    """True for a host NumPy array (data a model moves to its device batch by batch)."""
+    return isinstance(x, np.ndarray)
+
+
+def _is_foreign_array(x) -> bool:
+    return not isinstance(x, (list, tuple, int, float)) and (
+        hasattr(x, "__array_namespace__") or array_api_compat.is_array_api_obj(x))
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy an array of any supported backend (or a Python sequence) to host NumPy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError, ValueError):
+            pass                     # e.g. array_api_strict's second device refuses dlpack
+    if hasattr(x, "__array_namespace__") and not hasattr(x, "__array__"):
+        xp = x.__array_namespace__()
+        return np.asarray(xp.asarray(x, device=_host_device(xp)))
+    return np.asarray(x)
+
+
+def _host_device(xp):
+    return array_api_compat.device(xp.empty(0))
+
+
+# For these libraries the namespace depends only on the array's type, so it is looked up once
+# per type: array_namespace costs ~15 us a call, and kernels call this dozens of times a step.
+_CACHEABLE = ("numpy", "cupy", "torch", "array_api_strict")
+_NAMESPACE_BY_TYPE: dict = {}
+
+
+def namespace(*arrays):
+    """The array-API namespace of ``arrays``, with an error that says how to fix mixed inputs.
+
+    Kernels call this to infer ``xp`` from their inputs. Arrays from two libraries (a NumPy
+    batch and CuPy weights) or on two devices raise a ``TypeError`` that names both.
+    """
+    kind = type(arrays[0])
+    xp = _NAMESPACE_BY_TYPE.get(kind)
+    if xp is not None and all(type(a) is kind for a in arrays):
+        if kind is np.ndarray:
+            return xp                                   # NumPy has a single device
+        device = arrays[0].device
+        if all(a.device == device for a in arrays):
+            return xp
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({describe_array(a) for a in arrays if a is not None})
+        raise TypeError(
+            f"arrays from different libraries were mixed ({' and '.join(kinds)}); "
+            "move them to one backend first, e.g. with model.backend.asarray(x)"
+        ) from exc
+    devices = {str(array_api_compat.device(a)) for a in arrays if a is not None}
+    if len(devices) > 1:
+        raise TypeError(
+            f"arrays on different devices were mixed ({', '.join(sorted(devices))}); "
+            "move them to one device first, e.g. with model.backend.asarray(x)"
+        )
+    if len({type(a) for a in arrays}) == 1 and library_name(xp) in _CACHEABLE:
+        _NAMESPACE_BY_TYPE[kind] = xp
+    return xp
+
+
+def describe_array(x) -> str:
+    """``"numpy array on cpu"`` style description of an array, for error messages."""
+    try:
+        xp = array_api_compat.array_namespace(x)
+    except TypeError:
+        return type(x).__name__
+    name = xp.__name__.removeprefix("array_api_compat.")
+    return f"{name} array on {array_api_compat.device(x)}"

@@ -1,0 +1,31 @@
+"""The ``array_api_strict`` backend: the standard and nothing more, for tests.
+
+It refuses anything outside the 2024.12 standard; its second device (``Device("device1")``)
+catches arrays created without ``device=``.
+"""
+
+from __future__ import annotations
+
+from .base import Backend
+from .registry import _import, register
+
+__all__ = ["StrictBackend"]
+
+
+@register
+class StrictBackend(Backend):
+    """``array_api_strict`` on its default CPU device or on ``device``."""
+
+    library = "array_api_strict"
+    aliases = ()
+    host_sync_is_free = True
+
+    @classmethod
+    def parse(cls, key: str):
+        return key == "array_api_strict", None
+
+    @classmethod
+    def create(cls, device=None) -> "StrictBackend":
+        strict = _import("array_api_strict", "pip install array-api-strict")
+        return cls(strict, device if device is not None else strict.Device("CPU_DEVICE"),
+                   native=strict)

@@ -1,0 +1,53 @@
+"""The PyTorch backend: torch tensors through ``array_api_compat.torch``, on the CPU or a CUDA
+device. An optional backend for tests (PyTorch is an oracle, never a dependency)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import array_api_compat
+
+from .base import Backend
+from .registry import _import, register
+
+__all__ = ["TorchBackend"]
+
+
+@register
+class TorchBackend(Backend):
+    """torch tensors on ``device`` (default ``"cpu"``)."""
+
+    library = "torch"
+    aliases = ()
+
+    @classmethod
+    def parse(cls, key: str):
+        return key == "torch", None
+
+    @classmethod
+    def create(cls, device=None) -> "TorchBackend":
+        torch = _import("torch", "pip install torch (an optional backend)")
+        return cls(array_api_compat.array_namespace(torch.empty(0)),
+                   torch.device(device if device is not None else "cpu"), native=torch)
+
+    def __init__(self, xp, device, native):
+        super().__init__(xp, device, native)
+        self.host_sync_is_free = device.type == "cpu"
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.native.cuda.synchronize(self.device)
+
+    def limit_threads(self, threads):
+        blas = super().limit_threads(threads)
+        if threads is None:
+            return blas
+        stack = contextlib.ExitStack()
+        stack.enter_context(blas)
+        before = self.native.get_num_threads()
+        self.native.set_num_threads(threads)
+        stack.callback(self.native.set_num_threads, before)
+        return stack
+
+    def thread_info(self) -> dict:
+        return {**super().thread_info(), "torch": self.native.get_num_threads()}
