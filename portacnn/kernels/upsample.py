@@ -1,13 +1,13 @@
 """Nearest-neighbour upsampling: each pixel repeated over an (rh, rw) block.
 
-Shapes: x (N, C, H, W) -> y (N, C, H*rh, W*rw). Backward sums the gradient over each block,
-the same separable window sum that average pooling uses (without the division).
+Shapes: x (N, C, H, W) -> y (N, C, H*rh, W*rw). Backward sums the gradient over each block:
+a reshape to (N, C, H, rh, W, rw) and one sum.
 """
 
 from __future__ import annotations
 
-from .pooling import window_sum
-from .unfold import check_nchw, geometry, kernel_pair, repeat_pixels
+from ..backends import namespace
+from .unfold import check_nchw, kernel_pair, repeat_pixels
 
 __all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
 
@@ -15,7 +15,7 @@ __all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
 def _scale(scale):
     try:
         return kernel_pair(scale)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"scale must be a positive int or pair, got {scale!r}") from None
 
 
@@ -29,7 +29,8 @@ def upsample_nearest_backward(dy, scale):
     """Sum ``dy`` (N, C, H*rh, W*rw) over each (rh, rw) block: (N, C, H, W)."""
     check_nchw(dy, "the upsampled gradient")
     rh, rw = _scale(scale)
-    h, w = dy.shape[2:]
+    n, c, h, w = dy.shape
     if h % rh or w % rw:
         raise ValueError(f"gradient of spatial size {h}x{w} is not a multiple of the scale {rh}x{rw}")
-    return window_sum(dy, geometry((h, w), (rh, rw), (rh, rw), 0))
+    xp = namespace(dy)
+    return xp.sum(xp.reshape(dy, (n, c, h // rh, rh, w // rw, rw)), axis=(3, 5))

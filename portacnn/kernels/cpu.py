@@ -1,0 +1,3 @@
+"""Faster CPU versions of named kernels, selected by the NumPy backend (placeholder)."""
+
+OVERRIDES: dict = {}
