@@ -1,7 +1,7 @@
 """portacnn: a readable CNN library written once against the Python array API standard.
 
-The same layers, im2col/col2im and training code run on NumPy (CPU) and CuPy (GPU); the
-backend is chosen in :mod:`portacnn.runtime` and nowhere else.
+The same layers, im2col/col2im and training code run on NumPy (CPU), CuPy (GPU), PyTorch, JAX
+and array_api_strict; the backend is chosen in :mod:`portacnn.backends` and nowhere else.
 
     >>> import portacnn
     >>> (x, y), (xt, yt) = portacnn.data.load_mnist()          # bundled real-MNIST sample
@@ -9,18 +9,19 @@ backend is chosen in :mod:`portacnn.runtime` and nowhere else.
     >>> model.fit(portacnn.data.normalize(x), y, epochs=10, optimizer=portacnn.optim.SGD(0.02, 0.9))
 """
 
-from . import data, kernels, models, optim
-from .checkpoint import CheckpointError, load
+from . import backends, data, kernels, models, optim
+from .backends import Backend, DeviceError, get_backend
+from .checkpoint import CheckpointError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer,
-                     MaxPool2D, MinPool2D, ReLU, Sigmoid, Tanh, Upsample2D)
-from .model import History, Sequential
-from .runtime import Backend, DeviceError, get_backend
+                     MaxPool2D, MinPool2D, Parameter, ReLU, Sigmoid, Tanh, Upsample2D)
+from .model import Sequential, load
+from .training import History
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "CheckpointError", "Conv2D", "Dense",
-    "DeviceError", "Dropout", "Flatten", "History", "Layer", "MaxPool2D", "MinPool2D", "ReLU",
-    "Sequential", "Sigmoid", "Tanh", "Upsample2D", "data",
+    "DeviceError", "Dropout", "Flatten", "History", "Layer", "MaxPool2D", "MinPool2D",
+    "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "Upsample2D", "backends", "data",
     "get_backend", "kernels", "load", "models", "optim", "__version__",
 ]

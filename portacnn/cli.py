@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,9 +60,8 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                    help="write history, filters, feature_maps, predictions and confusion PNGs "
                         "to DIR after training (needs portacnn[viz])")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="CPU cores to use (BLAS threads, and on NumPy the workers a batch is "
-                        "shared among: helper processes on Linux, else threads). Default 1; "
-                        "2 trains LeNet-5 ~1.3-1.8x faster on 2 free cores")
+                   help="BLAS (and PyTorch) threads; default 1, which stays fast when another "
+                        "process is busy on the machine. Capped at the machine's cores")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -69,11 +69,23 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
 DEFAULT_LR = {"sgd": 0.02, "adam": 3e-3, "rmsprop": 1e-3}
 
 
+def _threads(requested: int) -> int:
+    cores = os.cpu_count() or 1
+    if requested > cores:
+        print(f"warning: --threads {requested} is more than this machine's {cores} core(s); "
+              f"using {cores}", file=sys.stderr)
+        return cores
+    return requested
+
+
 def train(args) -> int:
     from . import data, models, optim
-    from .runtime import get_backend
+    from .allocator import keep_freed_memory
+    from .backends import get_backend
 
     backend = get_backend(args.device)
+    threads = _threads(args.threads)
+    keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
     if args.plots is not None:
         try:
             import matplotlib  # noqa: F401  (checked before training, not after)
@@ -94,7 +106,7 @@ def train(args) -> int:
     print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}")
     x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
     t0 = time.perf_counter()
-    with backend.limit_threads(args.threads):
+    with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                             optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
@@ -137,7 +149,7 @@ def main(argv=None) -> int:
     """Entry point of ``python -m portacnn`` and the ``portacnn`` command."""
     from .checkpoint import CheckpointError
     from .data import DataError, IdxError
-    from .runtime import DeviceError
+    from .backends import DeviceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

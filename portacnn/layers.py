@@ -19,10 +19,47 @@ import math
 from . import kernels as K
 from .kernels.unfold import (check_nchw, check_padding, check_padding_mode, geometry, kernel_pair,
                              stride_pair)
-from .runtime import Backend, PortableRNG, backend_of, get_backend
+from .backends import Backend, PortableRNG, backend_of, get_backend
 
-__all__ = ["Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
+__all__ = ["Parameter", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
            "BatchNorm1D", "Dense", "Flatten", "ReLU", "Tanh", "Sigmoid", "Dropout", "LAYERS"]
+
+
+class Parameter:
+    """One trainable array of a layer and its gradient, as the optimizer and checkpoints see it.
+
+    ``value`` is ``layer.params[key]`` and ``grad`` is ``layer.grads[key]`` (None before the
+    first backward pass); assigning ``value`` replaces the layer's array, which is how the
+    optimizers update parameters on backends whose arrays are immutable (JAX).
+    """
+
+    __slots__ = ("name", "layer", "key")
+
+    def __init__(self, name: str, layer: "Layer", key: str):
+        self.name, self.layer, self.key = name, layer, key
+
+    @property
+    def value(self):
+        return self.layer.params[self.key]
+
+    @value.setter
+    def value(self, array) -> None:
+        self.layer.params[self.key] = array
+
+    @property
+    def grad(self):
+        return self.layer.grads.get(self.key)
+
+    @grad.setter
+    def grad(self, array) -> None:
+        self.layer.grads[self.key] = array
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape})"
 
 
 class Layer:
@@ -84,6 +121,15 @@ class Layer:
     @property
     def dtype(self):
         return self.backend.dtype(self.dtype_name)
+
+    def parameters(self, prefix: str = "") -> list[Parameter]:
+        """The layer's :class:`Parameter` objects, named ``prefix + key``."""
+        return [Parameter(prefix + key, self, key) for key in self.params]
+
+    def kernel(self, name: str):
+        """The kernel ``name`` as the layer's backend runs it (an override or the portable
+        function, see :func:`portacnn.kernels.kernel`)."""
+        return K.kernel(name, self.backend)
 
     def num_params(self) -> int:
         """Number of trainable scalars."""
@@ -261,15 +307,15 @@ class Conv2D(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, cache = K.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                    self.stride, self.padding, padding_mode=self.padding_mode,
-                                    inference=not self.training)
+        y, cache = self.kernel("conv2d_forward")(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+            self.padding_mode, inference=not self.training)
         self._cache = cache
         return y
 
     def _backward(self, dy):
-        dx, dw, db = K.conv2d_backward(dy, self.params["weight"], self._cache,
-                                       need_dx=self.need_input_grad)
+        dx, dw, db = self.kernel("conv2d_backward")(dy, self.params["weight"], self._cache,
+                                                    need_dx=self.need_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db
@@ -295,8 +341,7 @@ def _init_weight(rng: PortableRNG, shape, fan_in, fan_out, init, dtype):
 
 
 class _Pool2D(Layer):
-    _forward_fn = None
-    _backward_fn = None
+    _op = None          # kernel name stem: "max_pool2d", "min_pool2d" or "avg_pool2d"
 
     def __init__(self, kernel_size=2, stride=None, padding=0, *, padding_mode="zeros",
                  dtype="float32", name=None):
@@ -324,13 +369,13 @@ class _Pool2D(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, cache = type(self)._forward_fn(x, self.kernel_size, self.stride, self.padding,
-                                          self.padding_mode)
-        self._cache = cache if self.training else None
+        y, self._cache = self.kernel(self._op + "_forward")(
+            x, self.kernel_size, self.stride, self.padding, self.padding_mode,
+            inference=not self.training)
         return y
 
     def _backward(self, dy):
-        return type(self)._backward_fn(dy, self._cache)
+        return self.kernel(self._op + "_backward")(dy, self._cache)
 
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -345,8 +390,7 @@ class MaxPool2D(_Pool2D):
     Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _forward_fn = staticmethod(K.max_pool2d_forward)
-    _backward_fn = staticmethod(K.max_pool2d_backward)
+    _op = "max_pool2d"
 
 
 class MinPool2D(_Pool2D):
@@ -356,8 +400,7 @@ class MinPool2D(_Pool2D):
     padding_mode. Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _forward_fn = staticmethod(K.min_pool2d_forward)
-    _backward_fn = staticmethod(K.min_pool2d_backward)
+    _op = "min_pool2d"
 
 
 class AvgPool2D(_Pool2D):
@@ -367,8 +410,7 @@ class AvgPool2D(_Pool2D):
     Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _forward_fn = staticmethod(K.avg_pool2d_forward)
-    _backward_fn = staticmethod(K.avg_pool2d_backward)
+    _op = "avg_pool2d"
 
 
 class Dense(Layer):
@@ -623,8 +665,8 @@ class Dropout(Layer):
     """Inverted dropout: in training, zero each unit with probability ``p`` and scale the rest
     by ``1/(1-p)``; in eval mode, the identity.
 
-    Masks are drawn from the portable RNG (on the host, then moved), so a seeded run drops
-    the same units on every backend.
+    Masks are drawn from the portable RNG (float32 on the host, moved once in the working
+    dtype), so a seeded run drops the same units on every backend.
     """
 
     _strict_shape = False
@@ -647,8 +689,7 @@ class Dropout(Layer):
             return x
         if self._rng is None:
             self._rng = self.backend.rng(self.seed)
-        draws = self._rng.uniform(tuple(x.shape), dtype=x.dtype)
-        mask = self.xp.astype(draws >= self.p, x.dtype)
+        mask = self._rng.bernoulli(tuple(x.shape), 1.0 - self.p, dtype=x.dtype)
         self._cache = mask
         return K.dropout_forward(x, mask, self.p)
 

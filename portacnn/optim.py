@@ -2,10 +2,11 @@
 
 The update rules are PyTorch's (``torch.optim``), so the same hyper-parameters mean the same
 thing. Each optimizer keeps per-parameter state (momentum buffers, moments) on the device of
-the parameters, created on the first step, and updates parameters in place.
+the parameters, created on the first step. Updates are functional (``p.value = p.value - lr *
+g``): new arrays replace the old, so they run on JAX, whose arrays are immutable, as on NumPy.
 
     >>> opt = SGD(lr=0.02, momentum=0.9)
-    >>> opt.step(model.parameters())   # [(name, params_dict, key, grads_dict), ...]
+    >>> opt.step(model.parameters())   # [Parameter, ...]: .name, .value, .grad
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get_optimizer", "OPTIMIZERS"]
 
 
 class Optimizer:
-    """Base class: subclasses implement ``_update(param, grad, state) -> None`` in place.
+    """Base class: subclasses implement ``_update(value, grad, state) -> new value``, storing
+    new slot arrays in ``state``.
 
     Attributes:
         lr: learning rate (may be changed between steps).
@@ -35,25 +37,24 @@ class Optimizer:
         self.steps = 0
 
     def step(self, parameters) -> None:
-        """Apply one update to every ``(name, params, key, grads)`` from ``model.parameters()``."""
+        """Apply one update to every :class:`~portacnn.layers.Parameter` (``model.parameters()``)
+        that has a gradient."""
         self.steps += 1
-        for name, params, key, grads in parameters:
-            grad = grads.get(key)
+        for p in parameters:
+            grad = p.grad
             if grad is None:
                 continue
-            param = params[key]
             if self.weight_decay:
-                grad = grad + self.weight_decay * param
-            self._update(param, grad, self.state.setdefault(name, {}))
+                grad = grad + self.weight_decay * p.value
+            p.value = self._update(p.value, grad, self.state.setdefault(p.name, {}))
 
-    def _update(self, param, grad, state: dict) -> None:
+    def _update(self, value, grad, state: dict):
         raise NotImplementedError
 
     @staticmethod
     def _slot(state, name, like):
-        if name not in state:
-            state[name] = like * 0            # zeros of like's namespace, dtype and device
-        return state[name]
+        # The slot's current value: zeros of like's namespace, dtype and device at first.
+        return state[name] if name in state else like * 0
 
     def to(self, backend) -> "Optimizer":
         """Move the state to another backend (with the model's ``to``)."""
@@ -89,17 +90,13 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(self, param, grad, state):
+    def _update(self, value, grad, state):
         if self.momentum:
-            if "momentum" not in state:
-                state["momentum"] = grad * 1       # PyTorch starts the buffer at the gradient
-            else:
-                buf = state["momentum"]
-                buf *= self.momentum
-                buf += grad
-            buf = state["momentum"]
+            # PyTorch starts the buffer at the first gradient.
+            buf = self.momentum * state["momentum"] + grad if "momentum" in state else grad
+            state["momentum"] = buf
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        return value - self.lr * grad
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -121,18 +118,15 @@ class Adam(Optimizer):
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
 
-    def _update(self, param, grad, state):
+    def _update(self, value, grad, state):
         b1, b2 = self.betas
-        m = self._slot(state, "exp_avg", param)
-        v = self._slot(state, "exp_avg_sq", param)
-        m *= b1
-        m += (1 - b1) * grad
-        v *= b2
-        v += (1 - b2) * (grad * grad)
+        m = b1 * self._slot(state, "exp_avg", value) + (1 - b1) * grad
+        v = b2 * self._slot(state, "exp_avg_sq", value) + (1 - b2) * (grad * grad)
+        state["exp_avg"], state["exp_avg_sq"] = m, v
         t = self.steps
         step_size = self.lr / (1 - b1 ** t)
         denom = (v / (1 - b2 ** t)) ** 0.5 + self.eps
-        param -= step_size * (m / denom)
+        return value - step_size * (m / denom)
 
     def get_config(self):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps}
@@ -153,17 +147,14 @@ class RMSprop(Optimizer):
         self.eps = float(eps)
         self.momentum = float(momentum)
 
-    def _update(self, param, grad, state):
-        v = self._slot(state, "square_avg", param)
-        v *= self.alpha
-        v += (1 - self.alpha) * (grad * grad)
+    def _update(self, value, grad, state):
+        v = self.alpha * self._slot(state, "square_avg", value) + (1 - self.alpha) * (grad * grad)
+        state["square_avg"] = v
         scaled = grad / (v ** 0.5 + self.eps)
         if self.momentum:
-            buf = self._slot(state, "momentum_buffer", param)
-            buf *= self.momentum
-            buf += scaled
-            scaled = buf
-        param -= self.lr * scaled
+            scaled = self.momentum * self._slot(state, "momentum_buffer", value) + scaled
+            state["momentum_buffer"] = scaled
+        return value - self.lr * scaled
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps,

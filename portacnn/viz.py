@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
     raise ImportError('portacnn.viz needs matplotlib: pip install "portacnn[viz]"') from exc
 
 from .layers import AvgPool2D, Conv2D, MaxPool2D, MinPool2D
-from .runtime import is_host_array, to_numpy
+from .backends import is_host_array, to_numpy
 
 __all__ = ["plot_history", "plot_filters", "plot_feature_maps", "plot_predictions",
            "plot_confusion", "confusion_matrix"]

@@ -2,8 +2,10 @@
 
 numpy and array_api_strict always run (strict, pinned to the 2024.12 standard, proves the code
 uses only the standard; its ``device1`` run catches arrays created on the default device).
-torch runs where installed; cupy only where a CUDA device is usable, otherwise it skips with
-the reason. ``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix.
+torch and jax run where installed (jax with ``jax_enable_x64`` for the float64 cases: its
+arrays are immutable, so it proves the kernels write into no existing array); cupy only where
+its smoke test passes on a CUDA device, otherwise it skips with the reason.
+``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix.
 """
 
 import os
@@ -11,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from portacnn.runtime import get_backend
+from portacnn.backends import DeviceError, get_backend
 
 try:
     import array_api_strict
@@ -20,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - it is in the test extra
     array_api_strict = None
 
-ALL_BACKENDS = ["numpy", "array_api_strict", "strict-device1", "torch", "cupy"]
+ALL_BACKENDS = ["numpy", "array_api_strict", "strict-device1", "torch", "jax", "cupy"]
 SELECTED = [b for b in os.environ.get("PORTACNN_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if b]
 
 
@@ -28,14 +30,15 @@ def make_backend(name):
     """Build the backend named in the test matrix, or skip the test with the reason."""
     if name == "torch":
         pytest.importorskip("torch", reason="torch is not installed (optional backend)")
+    if name == "jax":
+        jax = pytest.importorskip("jax", reason="jax is not installed (optional backend)")
+        jax.config.update("jax_enable_x64", True)
     if name == "cupy":
-        cupy = pytest.importorskip("cupy", reason="cupy is not installed", exc_type=ImportError)
+        pytest.importorskip("cupy", reason="cupy is not installed", exc_type=ImportError)
         try:
-            ok = cupy.cuda.is_available()
-        except Exception:
-            ok = False
-        if not ok:
-            pytest.skip("cupy is installed but no CUDA device is usable")
+            return get_backend("cupy")            # runs the smoke test on the device
+        except DeviceError as exc:
+            pytest.skip(str(exc))
     if name == "strict-device1":
         return get_backend("array_api_strict", device=array_api_strict.Device("device1"))
     return get_backend(name)
@@ -58,7 +61,7 @@ TOL = {"float64": 1e-10, "float32": 1e-4}
 
 def assert_close(actual, expected, dtype="float64", scale=None):
     """Compare to a host reference with a tolerance relative to the reference's magnitude."""
-    from portacnn.runtime import to_numpy
+    from portacnn.backends import to_numpy
 
     actual = to_numpy(actual)
     expected = np.asarray(expected)

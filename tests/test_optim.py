@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from portacnn.layers import Layer
 from portacnn.optim import SGD, Adam, RMSprop, get_optimizer
 
 from conftest import assert_close
@@ -10,13 +11,13 @@ from conftest import assert_close
 
 def _run(opt, backend, p0, grads):
     """Apply ``opt`` to one parameter for each gradient in ``grads``; return host values."""
-    params = {"weight": backend.asarray(np.array(p0, dtype=np.float64))}
-    store = {}
+    layer = Layer(dtype="float64")
+    layer.params["weight"] = backend.asarray(np.array(p0, dtype=np.float64))
     out = []
     for g in grads:
-        store["weight"] = backend.asarray(np.array(g, dtype=np.float64))
-        opt.step([("0.weight", params, "weight", store)])
-        out.append(backend.to_numpy(params["weight"]).copy())
+        layer.grads["weight"] = backend.asarray(np.array(g, dtype=np.float64))
+        opt.step(layer.parameters("0."))
+        out.append(backend.to_numpy(layer.params["weight"]).copy())
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn.runtime import DeviceError, backend_of, get_backend, namespace, to_numpy
+from portacnn.backends import DeviceError, backend_of, get_backend, namespace, to_numpy
 
 
 def test_import_portacnn_imports_no_optional_library():
