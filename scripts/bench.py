@@ -6,8 +6,9 @@
     python scripts/bench.py --quick                 # 6,000 images, fewer repeats
 
 What it measures, at each thread count in ``--threads`` (every CPU pool capped alike: BLAS via
-threadpoolctl, portacnn's ``Backend.workers`` on NumPy, and ``torch.set_num_threads`` for
-PyTorch):
+threadpoolctl and ``torch.set_num_threads`` for PyTorch), with the backend's kernel overrides
+(``--portable``: the portable kernels alone) and glibc's allocator set to keep freed memory, as
+the training command does (:func:`portacnn.allocator.keep_freed_memory`):
 
 - per-layer forward and backward time of LeNet-5 at ``--batch-size``;
 - a full training epoch (forward, backward, SGD-momentum step) over ``--images`` MNIST-shaped
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import portacnn  # noqa: E402
 from portacnn import AvgPool2D, Conv2D, Dense, Flatten, Sequential, Tanh  # noqa: E402
+from portacnn.allocator import keep_freed_memory  # noqa: E402
 from portacnn.data import load_sample, normalize  # noqa: E402
 from portacnn.models import lenet5  # noqa: E402
 from portacnn.optim import SGD  # noqa: E402
@@ -385,6 +387,9 @@ def memory_over_epochs(backend, args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu, gpu, cuda:N, or a namespace name")
+    p.add_argument("--portable", action="store_true",
+                   help="run the portable kernels only, without the backend's overrides "
+                        "(what the overrides buy is the difference)")
     p.add_argument("--images", type=int, default=60_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts to compare at")
@@ -425,7 +430,11 @@ def main(argv=None):
     except portacnn.DeviceError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
-    report = {"machine": machine_info(backend), "args": {k: (sorted(v) if isinstance(v, set)
+    if args.portable:
+        backend.kernel_overrides = None        # this instance runs the portable kernels only
+    allocator_kept = keep_freed_memory()       # as the training command does
+    report = {"machine": {**machine_info(backend), "kernels": backend.kernel_overrides or
+                          "portable", "keep_freed_memory": allocator_kept}, "args": {k: (sorted(v) if isinstance(v, set)
               else v) for k, v in vars(args).items() if k != "json"}, "by_threads": []}
     if torch is not None:
         report["machine"]["torch"] = torch.__version__

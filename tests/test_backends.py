@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn.backends import DeviceError, backend_of, get_backend, namespace, to_numpy
+from portacnn.backends import (Backend, DeviceError, NumpyBackend, StrictBackend, TorchBackend,
+                               backend_of, get_backend, namespace, to_numpy)
 
 
 def test_import_portacnn_imports_no_optional_library():
@@ -67,8 +68,37 @@ def test_namespace_module_and_backend_passthrough():
     be = get_backend(array_api_strict)
     assert be.name == "array_api_strict"
     assert get_backend(be) is be
-    with pytest.raises(DeviceError, match="unsupported array namespace"):
+    with pytest.raises(DeviceError, match="'os' is not an array-API namespace"):
         get_backend(os)
+
+
+def test_each_library_is_served_by_its_own_class():
+    assert type(get_backend("cpu")) is NumpyBackend
+    assert type(get_backend("numpy")) is NumpyBackend
+    assert type(get_backend("array_api_strict")) is StrictBackend
+    assert get_backend("cpu").kernel_overrides == "cpu"
+    assert get_backend("array_api_strict").kernel_overrides is None
+    pytest.importorskip("torch", reason="torch is not installed (optional backend)")
+    assert type(get_backend("torch")) is TorchBackend
+
+
+def test_any_namespace_array_api_compat_recognises_gets_the_generic_backend():
+    jnp = pytest.importorskip("jax.numpy", reason="jax is not installed (optional backend)")
+    be = get_backend("jax")
+    assert type(be) is Backend and be.name == "jax" and be.kernel_overrides is None
+    assert get_backend(jnp) == be
+    x = be.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    assert backend_of(x) == be and be.owns(x)
+    assert np.array_equal(be.to_numpy(x * 2), np.arange(0.0, 12.0, 2.0).reshape(2, 3))
+
+
+def test_a_device_from_the_environment_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("PORTACNN_DEVICE", "tpu")
+    with pytest.raises(DeviceError, match=r"came from \$PORTACNN_DEVICE"):
+        get_backend()
+    with pytest.raises(DeviceError) as info:
+        get_backend("tpu")                         # given explicitly: no mention of the variable
+    assert "PORTACNN_DEVICE" not in str(info.value)
 
 
 def test_rng_draws_identical_on_every_backend(core_backend):

@@ -8,6 +8,7 @@ import pytest
 import portacnn
 from portacnn import (Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
                       get_backend)
+from portacnn.backends import NumpyBackend
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
@@ -173,9 +174,9 @@ def test_fit_reads_scalars_back_once_per_epoch_not_per_batch(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(array_cls, "__float__", counting_float)
-    monkeypatch.setattr(portacnn.Backend, "host_sync_is_free", property(lambda self: False))
     x, y = toy_data(64)
     model = small_net(device="array_api_strict")
+    monkeypatch.setattr(model.backend, "host_sync_is_free", False)
     model.fit(x, y, epochs=2, batch_size=4, verbose=1, file=io.StringIO(),
               validation_data=(x[:16], y[:16]))
     # 16 batches per epoch: per-epoch reads are loss + accuracy, and evaluate's two
@@ -234,12 +235,11 @@ def test_chunked_training_step_equals_the_whole_batch_step(monkeypatch):
     y = rng.integers(0, 10, 150)
     results = []
     for chunk in (None, 64):                      # None: the plain whole-batch path (oracle)
-        monkeypatch.setattr(portacnn.Backend, "max_train_chunk",
-                            property(lambda self, c=chunk: c))
+        monkeypatch.setattr(NumpyBackend, "train_chunk", chunk)
         model = lenet5(dtype="float64", seed=4)
         opt = SGD(0.05, momentum=0.9)
         losses = [float(model.train_step(x, y, opt)[0]) for _ in range(2)]
-        results.append((losses, [v.copy() for _, p, k, _ in model.parameters() for v in [p[k]]]))
+        results.append((losses, [np.array(p.value) for p in model.parameters()]))
     assert np.allclose(results[0][0], results[1][0], rtol=1e-12, atol=0)
     for whole, chunked in zip(results[0][1], results[1][1]):
         assert np.allclose(whole, chunked, rtol=1e-10, atol=1e-13)
@@ -252,10 +252,9 @@ def _spy_batch_sizes(model, calls):
 
 def test_batch_coupled_models_are_never_chunked(monkeypatch):
     calls = []
-    monkeypatch.setattr(portacnn.Backend, "max_train_chunk", property(lambda self: 4))
+    monkeypatch.setattr(NumpyBackend, "train_chunk", 4)
     for model in (lenet5("relu", "max", batchnorm=True), small_net(dropout=True)):
         _spy_batch_sizes(model, calls)
-        model.backend.workers = 2
         shape = model.input_shape
         model.train_step(np.ones((10,) + shape, np.float32), np.zeros(10, np.int64), SGD(0.01))
     assert calls == [10, 10]                      # one whole-batch forward each
