@@ -1,0 +1,66 @@
+"""How many array operations the portable path issues: each is a kernel launch on CuPy.
+
+LeNet-5 runs on a backend over the recording namespace (tests/recording.py), which is the
+generic :class:`~portacnn.backends.Backend` with no kernel overrides and no chunking: exactly
+the path CuPy takes. The counts bound the launch overhead a GPU pays per step.
+"""
+
+import numpy as np
+import pytest
+
+from portacnn.backends import Backend
+from portacnn.models import lenet5
+from portacnn.optim import SGD
+
+from recording import namespace as recording_xp
+from recording import recording
+
+TRAIN_STEP_MAX = 170
+INFERENCE_MAX = 50
+
+
+@pytest.fixture
+def lenet():
+    be = Backend(recording_xp, device="cpu")
+    model = lenet5(device=be, seed=0)
+    rng = np.random.default_rng(0)
+    x = be.asarray(rng.normal(size=(64, 1, 28, 28)), dtype="float32")
+    y = be.asarray(rng.integers(0, 10, 64))
+    return model, x, y
+
+
+def test_the_recording_backend_takes_the_portable_path(lenet):
+    model, _, _ = lenet
+    assert model.backend.kernel_overrides is None and model.backend.train_chunk is None
+
+
+def test_a_training_step_issues_few_operations_and_reads_nothing_back(lenet):
+    model, x, y = lenet
+    opt = SGD(0.01, momentum=0.9)
+    model.train_step(x, y, opt)                       # the momentum buffers are made here
+    with recording() as rec:
+        model.train_step(x, y, opt)
+    assert rec.host_reads == 0, rec.reads_by_name
+    assert 60 < rec.ops <= TRAIN_STEP_MAX, rec.by_name.most_common()
+
+
+def test_an_inference_forward_issues_few_operations(lenet):
+    model, x, _ = lenet
+    model.eval()
+    with recording() as rec:
+        model.forward(x)
+    assert rec.host_reads == 0, rec.reads_by_name
+    assert 10 < rec.ops <= INFERENCE_MAX, rec.by_name.most_common()
+
+
+def test_fit_reads_back_per_epoch_not_per_batch(lenet):
+    model, _, _ = lenet
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    reads = []
+    for batch_size in (32, 16):                       # 3 and 6 batches per epoch
+        with recording() as rec:
+            model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
+        reads.append(rec.host_reads)
+    assert reads[0] == reads[1] == 2                  # the epoch's loss and accuracy
