@@ -256,7 +256,7 @@ def _random_configs(count, seed=2024):
         yield (int(rng.integers(1, 4)), int(rng.integers(1, 4)), h, w), (kh, kw), stride, padding
 
 
-@pytest.mark.parametrize("case", list(_random_configs(25)), ids=_ids)
+@pytest.mark.parametrize("case", list(_random_configs(8)), ids=_ids)
 def test_random_shapes_conv_and_pool_match_loops(core_backend, case):
     shape, k, s, p = case
     rng = np.random.default_rng(sum(map(ord, str(case))))  # stable across runs
