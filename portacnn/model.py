@@ -270,22 +270,32 @@ class Sequential:
         as device arrays. See :func:`portacnn.training.train_step`."""
         return training.train_step(self, x, y, optimizer)
 
-    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer="sgd", **kwargs):
+    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, **kwargs):
         """Train for ``epochs`` passes over ``(x, y)``.
 
         Args:
             x: (N, *input_shape) inputs, float (already normalised); host NumPy or on device.
-            y: (N,) integer labels (or (N, K) targets for MSE).
-            optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...).
+            y: (N,) integer labels in ``[0, classes)`` or (N, classes) one-hot rows (for MSE:
+                targets of the output's shape). ``x`` and ``y`` are checked once, before
+                training: a label out of range or a NaN / infinite input raises ``ValueError``
+                naming the first bad sample.
+            optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...);
+                by default the model's own (``model.optimizer``: restored by :func:`load` or
+                set by an earlier ``fit``), else ``SGD(lr=0.01)``.
             validation_data: ``(x_val, y_val)`` evaluated after each epoch; or
             validation_split: the fraction of ``x`` (taken from its end, before shuffling) held
                 out for validation.
             shuffle, seed: reshuffle each epoch with a seeded generator.
-            verbose: 0 silent, 1 a progress bar per epoch and a line per epoch, 2 lines only.
+            verbose: 0 silent, 1 progress (a bar on a terminal; otherwise a line every few
+                seconds of a long epoch) and a line per epoch, 2 the epoch lines only.
 
         Returns:
             :class:`~portacnn.training.History` with per-epoch loss, accuracy, val_loss,
             val_accuracy, seconds and images_per_s.
+
+        Raises:
+            FloatingPointError: the loss became NaN or infinite (training diverged); raised at
+                the end of that epoch at the latest, naming it.
         """
         return training.fit(self, x, y, epochs, batch_size, optimizer, **kwargs)
 
