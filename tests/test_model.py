@@ -84,12 +84,17 @@ def test_fit_learns_and_reports_history():
     assert abs(loss - hist["val_loss"][-1]) < 1e-6 and acc == hist["val_accuracy"][-1]
 
 
-def test_progress_bar_is_shown_with_verbose_1():
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_is_shown_on_a_terminal_with_verbose_1():
     x, y = toy_data(40)
-    out = io.StringIO()
+    out = Terminal()
     small_net().fit(x, y, epochs=1, batch_size=8, verbose=1, file=out)
     text = out.getvalue()
-    assert "epoch 1/1" in text and "5/5" in text and "loss" in text
+    assert "\repoch 1/1:" in text and "/5 [" in text and "epoch 1/1: loss" in text
 
 
 def test_predict_gives_probabilities_and_matches_evaluate(core_backend):
