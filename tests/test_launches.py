@@ -15,8 +15,8 @@ from portacnn.optim import SGD
 from recording import namespace as recording_xp
 from recording import recording
 
-TRAIN_STEP_MAX = 170
-INFERENCE_MAX = 50
+TRAIN_STEP_MAX = 120
+INFERENCE_MAX = 45
 
 
 @pytest.fixture

@@ -76,6 +76,9 @@ class Backend:
         infer_chunk: most images one inference forward pass takes at once, or None.
         host_sync_is_free: True where reading a scalar back (``float(x)``) does not stall a
             device queue, so progress can show running figures.
+        fuse_updates: True to update all parameters with one set of operations over flat
+            arrays (:mod:`portacnn.optim`): a few kernel launches instead of a few per
+            parameter. False on the CPU, where each parameter's update stays in cache.
     """
 
     library: str | None = None      # the module a registered subclass serves
@@ -84,6 +87,7 @@ class Backend:
     train_chunk: int | None = None
     infer_chunk: int | None = None
     host_sync_is_free = False
+    fuse_updates = True
 
     def __init__(self, xp: ModuleType, device: Any = None, native: ModuleType | None = None,
                  name: str | None = None):

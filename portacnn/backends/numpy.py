@@ -27,6 +27,7 @@ class NumpyBackend(Backend):
     train_chunk = 32
     infer_chunk = 128
     host_sync_is_free = True
+    fuse_updates = False
 
     @classmethod
     def parse(cls, key: str):
