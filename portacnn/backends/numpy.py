@@ -28,6 +28,7 @@ class NumpyBackend(Backend):
     infer_chunk = 128
     host_sync_is_free = True
     fuse_updates = False
+    host_memory_traced = True
 
     @classmethod
     def parse(cls, key: str):
