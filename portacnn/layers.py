@@ -104,7 +104,8 @@ class Layer:
         out = self.output_shape(input_shape)        # validates before allocating anything
         self.backend = backend
         self.input_shape = input_shape
-        self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
+        with backend.activate():
+            self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
         return out
 
     def _build(self, input_shape, rng: PortableRNG) -> None:
@@ -173,7 +174,8 @@ class Layer:
                 f"cast the input with xp.astype(x, xp.{self.dtype_name}) or build the layer with "
                 f"dtype='{x.dtype}'"
             )
-        return self._forward(x)
+        with self.backend.activate():
+            return self._forward(x)
 
     _strict_shape = True
 
@@ -181,7 +183,8 @@ class Layer:
         """Given dL/dy, store parameter gradients in ``grads`` and return dL/dx."""
         if self._cache is None:
             raise RuntimeError(f"{self.name}.backward called before forward in training mode")
-        return self._backward(dy)
+        with self.backend.activate():
+            return self._backward(dy)
 
     __call__ = forward
 
