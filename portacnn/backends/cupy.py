@@ -245,7 +245,7 @@ def check_libraries() -> list[dict]:
             cupy.cuda.nvrtc.getVersion()
             error = "unknown error"
         except Exception as exc:  # noqa: BLE001
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {str(exc).strip()}"
         rows.append({"library": "NVRTC", "ok": False,
                      "detail": f"{error}; pip install {extra} brings it"})
     try:
@@ -255,7 +255,8 @@ def check_libraries() -> list[dict]:
                      "detail": f"{found('cublas')}, {found('cublasLt')}"})
     except Exception as exc:  # noqa: BLE001
         rows.append({"library": "cuBLAS", "ok": False,
-                     "detail": f"{type(exc).__name__}: {exc}; pip install {extra} brings it"})
+                     "detail": f"{type(exc).__name__}: {str(exc).strip()}; pip install {extra} "
+                               "brings it"})
     driver = fields["cuda_driver"]
     rows.append({"library": "NVIDIA driver", "ok": None,
                  "detail": "none installed (needed to compute, not for this check)"
