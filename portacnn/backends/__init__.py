@@ -28,7 +28,7 @@ from .registry import ENV_VAR, backend_of, get_backend, register, registered
 from .strict import StrictBackend
 from .torch import TorchBackend
 
-__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError", "NumpyBackend",
-           "PortableRNG", "StrictBackend", "TorchBackend", "backend_of", "describe_array",
-           "get_backend", "is_host_array", "namespace", "on_device", "register", "registered",
-           "to_numpy"]
+__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError",
+           "NumpyBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
+           "describe_array", "get_backend", "is_host_array", "namespace", "on_device", "register",
+           "registered", "to_numpy"]

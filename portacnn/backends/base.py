@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import tracemalloc
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import numpy as np  # host side only: random draws and host copies, never kernels
 
-__all__ = ["Backend", "DeviceError", "NoDeviceError", "MemoryPeak", "PortableRNG", "namespace", "on_device",
-           "to_numpy", "is_host_array", "describe_array", "library_name"]
+__all__ = ["Backend", "DeviceError", "NoDeviceError", "MemoryPeak", "PortableRNG", "namespace",
+           "on_device", "to_numpy", "is_host_array", "describe_array", "library_name"]
 
 
 class DeviceError(RuntimeError):
@@ -92,6 +93,8 @@ class Backend:
         fuse_updates: True to update all parameters with one set of operations over flat
             arrays (:mod:`portacnn.optim`): a few kernel launches instead of a few per
             parameter. False on the CPU, where each parameter's update stays in cache.
+        host_memory_traced: True where arrays are NumPy buffers, which ``tracemalloc`` sees
+            (:meth:`memory_peak`).
     """
 
     library: str | None = None      # the module a registered subclass serves
@@ -103,7 +106,7 @@ class Backend:
     device_data_limit: int | None = None
     accelerator = False
     fuse_updates = True
-    host_memory_traced = False      # arrays are NumPy buffers that tracemalloc sees
+    host_memory_traced = False
 
     def __init__(self, xp: ModuleType, device: Any = None, native: ModuleType | None = None,
                  name: str | None = None):
@@ -253,8 +256,6 @@ class MemoryPeak:
 class _TracedPeak:
     # Peak of Python-traced host allocations (NumPy reports its buffers to tracemalloc).
     def start(self):
-        import tracemalloc
-
         self._was_tracing = tracemalloc.is_tracing()
         if not self._was_tracing:
             tracemalloc.start()
@@ -262,8 +263,6 @@ class _TracedPeak:
         self._base = tracemalloc.get_traced_memory()[0]
 
     def stop(self):
-        import tracemalloc
-
         peak = tracemalloc.get_traced_memory()[1]
         if not self._was_tracing:
             tracemalloc.stop()
