@@ -105,7 +105,8 @@ class Layer:
         out = self.output_shape(input_shape)        # validates before allocating anything
         self.backend = backend
         self.input_shape = input_shape
-        self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
+        with backend.activate():
+            self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
         return out
 
     def _build(self, input_shape, rng: PortableRNG) -> None:
@@ -183,7 +184,8 @@ class Layer:
                 f"cast the input with xp.astype(x, xp.{self.dtype_name}) or build the layer with "
                 f"dtype='{x.dtype}'"
             )
-        return self._forward(x)
+        with self.backend.activate():
+            return self._forward(x)
 
     _strict_shape = True
 
@@ -193,7 +195,8 @@ class Layer:
             raise RuntimeError(f"{self.name}.backward called before forward in training mode "
                                "(a forward in eval mode keeps no cache): call train(), then "
                                "forward, then backward")
-        return self._backward(dy)
+        with self.backend.activate():
+            return self._backward(dy)
 
     __call__ = forward
 

@@ -19,7 +19,7 @@ import math
 import sys
 
 from . import checkpoint, training
-from .backends import Backend, get_backend, to_numpy
+from .backends import Backend, get_backend, on_device, to_numpy
 from .checkpoint import CheckpointError
 from .layers import LAYERS, Layer, Parameter
 from .optim import Optimizer, get_optimizer
@@ -229,6 +229,7 @@ class Sequential:
         return self
 
     # --- forward / backward ---------------------------------------------------------------
+    @on_device
     def forward(self, x):
         """Logits for a batch ``x`` already on the model's device, shape (N, *input_shape)."""
         self.build_for(x)
@@ -251,6 +252,7 @@ class Sequential:
             raise TypeError(f"the model is {self.dtype_name} but the input is {x.dtype}: cast it "
                             f"with model.backend.asarray(x, dtype='{self.dtype_name}')")
 
+    @on_device
     def backward(self, dlogits) -> None:
         """Back-propagate dL/dlogits through every layer, filling each layer's ``grads``.
 

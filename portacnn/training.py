@@ -4,8 +4,11 @@ These functions take any model with the container's interface (:class:`portacnn.
 ``layers``, ``backend``, ``forward`` / ``backward``, ``parameters()``, ``train()`` /
 ``eval()``); ``Sequential.fit`` and friends call them.
 
-Inputs may be host NumPy arrays (each batch is moved to the model's device once) or arrays
-already on the model's device. The training loss and accuracy are accumulated on the device and
+Inputs may be host NumPy arrays or arrays already on the model's device. Host data that fits
+the backend's ``device_data_limit`` (a GPU's) is moved to the device whole, once, and each
+epoch is shuffled there (one ``take``), so a batch is a slice; otherwise each batch is gathered
+on the host and moved once. Everything here runs with the model's device current
+(``Backend.activate``). The training loss and accuracy are accumulated on the device and
 read back once per epoch, so a GPU is never made to wait inside the batch loop.
 
 The data are checked once per call, before any training: labels (integer dtype, range
@@ -26,7 +29,7 @@ import time
 import warnings
 
 from . import kernels as K
-from .backends import describe_array, is_host_array, namespace
+from .backends import describe_array, is_host_array, namespace, on_device
 from .optim import SGD, get_optimizer
 
 __all__ = ["LOSSES", "History", "train_step", "fit", "evaluate", "predict"]
@@ -64,6 +67,7 @@ class History:
 
 
 # --- one step ------------------------------------------------------------------------------
+@on_device
 def train_step(model, x, y, optimizer):
     """One forward, backward and update on a device batch ``x`` (N, *input_shape) with targets
     ``y``. Returns ``(loss, logits)`` as device arrays (no host synchronisation)."""
@@ -214,6 +218,32 @@ def _batch(model, arr, start, stop, order=None, dtype=None):
     return model.backend.asarray(part, dtype=dtype)
 
 
+def _device_data(model, x, y=None):
+    """``x`` (in the model's dtype) and ``y`` moved to the device whole, once, when both are
+    host arrays that together fit ``backend.device_data_limit`` bytes; else as they are (then
+    each batch is moved by itself). Returns ``(x, y)``."""
+    backend = model.backend
+    limit = backend.device_data_limit
+    if not limit or not is_host_array(x) or (y is not None and not is_host_array(y)):
+        return x, y
+    itemsize = backend.xp.finfo(backend.dtype(model.dtype_name)).bits // 8
+    if x.size * itemsize + (0 if y is None else y.nbytes) > limit:
+        return x, y
+    return (backend.asarray(x, dtype=model.dtype_name),
+            None if y is None else backend.asarray(y))
+
+
+def _epoch_data(model, x, y, order):
+    """The epoch's ``(x, y, order)``: arrays on the device are gathered into ``order`` once
+    (one upload of the order, one ``take`` each), so every batch is a slice and ``order`` is
+    returned as None; host arrays are returned as they are, each batch gathered on the host."""
+    if order is None or is_host_array(x) or is_host_array(y):
+        return x, y, order
+    xp = model.backend.xp
+    index = model.backend.asarray(order)
+    return xp.take(x, index, axis=0), xp.take(y, index, axis=0), None
+
+
 def _hits(model, logits, yb):
     """Correct predictions in a batch as a 0-d device array (None for the MSE loss)."""
     if model.loss_name != "cross_entropy":
@@ -229,6 +259,7 @@ def _positive_int(value, name):
 
 
 # --- fit / evaluate / predict --------------------------------------------------------------
+@on_device
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
         seed: int | None = 0, verbose: int = 1, file=None) -> History:
@@ -248,6 +279,9 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         x, y = x[:cut, ...], y[:cut, ...]
     elif validation_data is not None:
         _check_data(model, *validation_data, what="validation x")
+    if validation_data is not None:
+        validation_data = _device_data(model, *validation_data)
+    x, y = _device_data(model, x, y)
     if optimizer is None:     # keep the model's (from load or an earlier fit), else plain SGD
         optimizer = model.optimizer if model.optimizer is not None else SGD(0.01)
     model.optimizer = optimizer = get_optimizer(optimizer)
@@ -263,6 +297,7 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(n) if shuffle else None
+        epoch_x, epoch_y, order = _epoch_data(model, x, y, order)
         total_loss = xp.zeros((), dtype=dtype, device=backend.device)
         total_hits = xp.zeros((), dtype=dtype, device=backend.device)
         progress = _Progress(steps, f"epoch {epoch}/{epochs}", file) if verbose == 1 else None
@@ -271,8 +306,8 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         with backend.activate():
             for i, start in enumerate(range(0, n, batch_size)):
                 stop = min(start + batch_size, n)
-                xb = _batch(model, x, start, stop, order, model.dtype_name)
-                yb = _batch(model, y, start, stop, order)
+                xb = _batch(model, epoch_x, start, stop, order, model.dtype_name)
+                yb = _batch(model, epoch_y, start, stop, order)
                 loss, logits = train_step(model, xb, yb, optimizer)
                 total_loss = total_loss + loss * (stop - start)
                 hits = _hits(model, logits, yb)
@@ -336,14 +371,15 @@ def _inference(model, x, batch_size: int) -> list:
         model.train(was_training)
 
 
+@on_device
 def evaluate(model, x, y, batch_size: int = 256):
     """Mean loss and accuracy of ``model`` on ``(x, y)``; see :meth:`Sequential.evaluate`."""
     _check_data(model, x, y)
-    return _evaluate(model, x, y, batch_size)
+    return _evaluate(model, *_device_data(model, x, y), batch_size)
 
 
 def _evaluate(model, x, y, batch_size: int):
-    """:func:`evaluate` on data already checked."""
+    """:func:`evaluate` on data already checked (and where it fits, on the device)."""
     loss_fn = LOSSES[model.loss_name]
     total_loss = total_hits = None
     start = 0
@@ -360,9 +396,11 @@ def _evaluate(model, x, y, batch_size: int):
     return float(total_loss) / n, acc
 
 
+@on_device
 def predict(model, x, batch_size: int = 256):
     """Class probabilities of ``model`` for ``x``; see :meth:`Sequential.predict`."""
     _check_data(model, x, values=False)
+    x, _ = _device_data(model, x)
     outs = _inference(model, x, batch_size)
     if model.loss_name == "cross_entropy":
         outs = [K.softmax(out, axis=1) for out in outs]
