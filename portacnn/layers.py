@@ -717,6 +717,12 @@ class Dropout(Layer):
     def _build(self, input_shape, rng):
         self._rng = rng
 
+    def to(self, device, dtype: str | None = None) -> "Dropout":
+        super().to(device, dtype)
+        if self._rng is not None and self.built:
+            self._rng.backend = self.backend     # the same stream of masks, on the new device
+        return self
+
     def _forward(self, x):
         if not self.training or self.p == 0.0:
             self._cache = "identity"

@@ -267,3 +267,13 @@ def test_batch_coupled_models_are_never_chunked(monkeypatch):
     _spy_batch_sizes(model, calls)
     model.train_step(np.ones((10, 1, 6, 6), np.float32), np.zeros(10, np.int64), SGD(0.01))
     assert calls[2:] == [3, 3, 4]                 # equal chunks of at most 4
+
+
+def test_a_model_with_dropout_trains_after_moving_to_another_backend():
+    x, y = toy_data(32)
+    model = small_net(dropout=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.to("array_api_strict")
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history["loss"][0])
+    assert model.backend.name == "array_api_strict"
