@@ -34,6 +34,11 @@ class TorchBackend(Backend):
         super().__init__(xp, device, native)
         self.host_sync_is_free = device.type == "cpu"
 
+    def for_local_rank(self, local_rank: int) -> "TorchBackend":
+        if self.device.type != "cuda":
+            return self
+        return type(self).create(f"cuda:{local_rank % self.native.cuda.device_count()}")
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.native.cuda.synchronize(self.device)
