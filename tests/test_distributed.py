@@ -169,3 +169,18 @@ def test_command_line_trains_data_parallel_to_the_one_process_accuracy(tmp_path)
     assert "data parallel: 2 processes" in job.stdout
     assert abs(_accuracy(job.stdout) - _accuracy(alone.stdout)) <= 0.005
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_benchmark_section_times_one_process_against_two(tmp_path):
+    report = tmp_path / "bench.json"
+    job = run([HERE.parent / "scripts" / "bench.py", "--data-parallel", "2", "--images", "256",
+               "--repeats", "1", "--dp-batches", "64", "--json", report])
+    assert job.returncode == 0, job.stderr
+    section = json.loads(report.read_text())["data_parallel"]
+    row = section["batches"][0]
+    assert set(row["epoch_seconds"]) == {"one", "wide", "dp"}
+    losses = row["first_epoch_loss"]            # the same work: the same first-epoch loss
+    assert losses["dp"] == pytest.approx(losses["one"], rel=1e-5)
+    assert section["gradient_values"] == 61_706
+    assert all(seconds > 0 for seconds in section["sum_seconds"].values())
+    assert job.stdout.count("global batch 64") == 1                  # rank 0 reports
