@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 import numpy as np  # host buffers for MPI
 
@@ -291,10 +292,10 @@ class DataParallel:
             send = np.ascontiguousarray(to_numpy(flat))
         if self.reduction == "mpi":
             total = _empty_like(send, (send.shape[0],), backend, self.cuda_aware)
-            self.comm.Allreduce(send, total, op=_mpi().SUM)
+            _wait(self.comm.Iallreduce(send, total, op=_mpi().SUM))
         else:
             gathered = _empty_like(send, (self.size, send.shape[0]), backend, self.cuda_aware)
-            self.comm.Allgather(send, gathered)
+            _wait(self.comm.Iallgather(send, gathered))
             total = gathered[0, ...]
             for r in range(1, self.size):
                 total = total + gathered[r, ...]
@@ -341,6 +342,17 @@ class DataParallel:
             self.model.save(path, **kwargs)
         self.comm.Barrier()
         return path
+
+
+def _wait(request) -> None:
+    """Wait for a non-blocking MPI operation, giving the core away between polls. MPI's own
+    blocking wait spins; on a machine shared with other work the spinning process would take
+    the core that a slower process of the same step needs (see docs/distributed.md)."""
+    while not request.Test():
+        _yield()
+
+
+_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
 def _empty_like(buffer, shape, backend, on_device: bool):
