@@ -131,7 +131,7 @@ def accumulate_gradients(model, x, y, batch_rows: int | None = None):
     if chunk is not None and n > chunk and all(l.samples_independent for l in model.layers):
         pieces = -(-n // chunk)
     bounds = [n * i // pieces for i in range(pieces + 1)]
-    params = model.parameters()
+    params = model.parameters() if pieces > 1 else None
     totals, loss, outs = None, None, []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         part = x if pieces == 1 else x[start:stop, ...]
