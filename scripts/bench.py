@@ -397,8 +397,10 @@ REDUCTION_CALLS = 200
 
 
 def relaunch_under_mpiexec(processes, argv):
-    """Run this script again as ``mpiexec -n processes python bench.py ARGV``: the data-parallel
-    section runs inside that job. Returns its exit status."""
+    """Run this script again as ``mpiexec --bind-to none -n processes python bench.py ARGV``:
+    the data-parallel section runs inside that job. Open MPI binds each process to one core by
+    default, which would run the multi-threaded one-process peers on a single core. Returns the
+    job's exit status."""
     import shutil
     import subprocess
 
@@ -407,8 +409,8 @@ def relaunch_under_mpiexec(processes, argv):
     if mpiexec is None:
         print('--data-parallel needs mpiexec: pip install "portacnn[mpi]"', file=sys.stderr)
         return 2
-    command = [mpiexec, "-n", str(processes), sys.executable, str(Path(__file__).resolve()),
-               *argv]
+    command = [mpiexec, "--bind-to", "none", "-n", str(processes), sys.executable,
+               str(Path(__file__).resolve()), *argv]
     print("running:", " ".join(command), flush=True)
     return subprocess.call(command)
 
@@ -460,7 +462,8 @@ def data_parallel(backend, args, torch=None):
     orders = [np.random.default_rng(r).permutation(len(x)) for r in range(args.repeats + 1)]
     labels = {"one": "1 process, 1 thread", "wide": f"1 process, {ranks} threads",
               "dp": f"{ranks} processes, 1 thread each", "torch": f"PyTorch, {ranks} threads"}
-    out = {"processes": ranks, "labels": labels, "batches": []}
+    out = {"processes": ranks, "labels": labels, "batches": [],
+           "load_average_before": os.getloadavg()}
     for batch in args.dp_batches:
         models = {key: lenet5(device=backend, dtype=args.dtype, seed=0)
                   for key in ("one", "wide", "dp")}
@@ -516,12 +519,14 @@ def data_parallel(backend, args, torch=None):
     out["gradient_bytes"] = values * np.dtype(args.dtype).itemsize
     out["sum_seconds"] = {f"{reduction}, {n} values": _sum_seconds(dp, n, reduction)
                           for reduction in ("ordered", "mpi") for n in (1, values)}
+    out["load_average_after"] = os.getloadavg()
     out["model"] = _predict_scaling(out)
     return out
 
 
 def _predict_scaling(out):
-    """Fit ``step = c * rows + o + t_sum`` to the measured one-process and R-process steps (c:
+    """Fit ``step = c * rows + o + t_sum`` to the fastest measured one-process and R-process
+    steps (the runs least disturbed by other work on the machine; c:
     compute per row; o: the per-step cost no shard divides, which also takes in any slowdown of
     R processes running at once) and predict ``t_sum = (k-1) * (latency + S / bandwidth)``, the
     ordered sum of k processes as a ring Allgather (k-1 rounds; each process receives (k-1)·S
@@ -537,10 +542,10 @@ def _predict_scaling(out):
              "predictions": []}
     for row in out["batches"]:
         batch, steps = row["batch"], row["steps"]
-        step_one = row["epoch_seconds"]["one"]["median"] / steps
-        step_dp = row["epoch_seconds"]["dp"]["median"] / steps
+        step_one = row["epoch_seconds"]["one"]["min"] / steps
+        step_dp = row["epoch_seconds"]["dp"]["min"] / steps
         per_row = (step_one - step_dp + t_full) / (batch * (1 - 1 / ranks))
-        fixed = step_one - per_row * batch
+        fixed = max(step_one - per_row * batch, 0.0)
         model["fit"].append({"batch": batch, "step_one_s": step_one, "step_dp_s": step_dp,
                              "sum_share_of_dp_step": t_full / step_dp,
                              "compute_per_row_s": per_row, "fixed_per_step_s": fixed})
@@ -575,8 +580,10 @@ def print_data_parallel(out):
           f"sent by each process a step (the ordered sum receives {ranks - 1} x that)")
     for name, seconds in out["sum_seconds"].items():
         print(f"    {ranks} processes, {name}: {seconds * 1e6:.0f} us")
+    print("  load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
+          "{:.2f}".format(*out["load_average_before"], *out["load_average_after"]))
     model = out["model"]
-    print(f"  model: step = c*rows/k + o + (k-1)*(latency + bytes/bandwidth); measured here: "
+    print(f"  model (from the fastest runs): step = c*rows/k + o + (k-1)*(latency + bytes/bandwidth); measured here: "
           f"latency {model['latency_s'] * 1e6:.0f} us, bandwidth "
           f"{model['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
     for fit in model["fit"]:
