@@ -8,9 +8,11 @@ process ends the job with a non-zero status.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "train_parser"]
@@ -21,14 +23,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _integer(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer(1)
 
 
 def _positive_float(text):
@@ -36,8 +47,8 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {value}")
     return value
 
 
@@ -57,8 +68,10 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, type=Path,
                    help="a directory of MNIST IDX files (default: the bundled 4,000/1,000 sample)")
     p.add_argument("--download", action="store_true",
-                   help="download full MNIST into --data or $PORTACNN_DATA (needs portacnn[data])")
-    p.add_argument("--seed", type=int, default=0)
+                   help="download full MNIST into --data DIR (default $PORTACNN_DATA/mnist or "
+                        "~/.cache/portacnn/mnist; needs portacnn[data]); later runs read it with "
+                        "--data DIR")
+    p.add_argument("--seed", type=_integer(0), default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--save", default=None, type=Path, help="write the trained model here")
     p.add_argument("--plots", default=None, type=Path, metavar="DIR",
@@ -83,6 +96,48 @@ def _threads(requested: int) -> int:
     return requested
 
 
+def output_problem(args) -> str | None:
+    """The first problem with an output path or the data directory, found before any work
+    starts (so a long training run never ends in a traceback), or None."""
+    if args.save is not None:
+        if args.save.is_dir():
+            return (f"--save {args.save} is a directory: give a file name such as "
+                    f"{args.save / 'lenet5.safetensors'}")
+        problem = _unwritable(args.save.parent)
+        if problem:
+            return f"--save {args.save}: {problem}"
+    if args.plots is not None:
+        if args.plots.exists() and not args.plots.is_dir():
+            return (f"--plots {args.plots} is a file: --plots takes a directory for the five "
+                    "PNGs (created if missing)")
+        problem = _unwritable(args.plots)
+        if problem:
+            return f"--plots {args.plots}: {problem}"
+    if args.download and args.data is not None:
+        if args.data.exists() and not args.data.is_dir():
+            return f"--data {args.data} is a file: give the directory to download MNIST into"
+        problem = _unwritable(args.data)
+        if problem:
+            return f"--data {args.data}: {problem}"
+    return None
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be created in ``directory`` (made if missing), or None."""
+    existing = directory
+    while not existing.exists():          # the nearest existing folder will hold the new ones
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def train(args) -> int:
     from . import data, distributed, models, optim
     from .allocator import keep_freed_memory
@@ -103,8 +158,14 @@ def train(args) -> int:
     if args.data is not None and not args.download and not args.data.is_dir():
         raise data.DataError(f"--data {args.data}: no such directory (add --download to fetch "
                              "MNIST there)")
-    (x_train, y_train), (x_test, y_test) = data.load_mnist(args.data, download=args.download)
-    source = "bundled MNIST sample" if args.data is None and not args.download else "MNIST"
+    directory = args.data
+    if args.download:
+        def download():
+            return data.download_mnist(args.data, progress=sys.stderr.isatty())
+        # under mpiexec rank 0 downloads; the others then find the files in place
+        directory = distributed.root_first(download) if parallel else download()
+    (x_train, y_train), (x_test, y_test) = data.load_mnist(directory)
+    source = "bundled MNIST sample" if directory is None else f"MNIST in {directory}"
     print(f"device: {args.device or 'default'} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
     model = models.MODELS[args.model](device=backend, dtype=args.dtype, seed=args.seed)
@@ -175,10 +236,16 @@ def main(argv=None) -> int:
         return 2
     parser = train_parser()
     args = parser.parse_args(argv[1:])
+    problem = output_problem(args)
+    if problem:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        status = train(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning          # "warning: ...", one line
+            status = train(args)
     except (DeviceError, DataError, IdxError, CheckpointError, FileNotFoundError,
-            PlotError, DistributedError) as exc:
+            PlotError, FloatingPointError, DistributedError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:

@@ -61,8 +61,8 @@ from .backends import Backend, get_backend, to_numpy
 from .layers import Dropout
 
 __all__ = ["DataParallel", "DistributedError", "MPI_ENVIRONMENT", "abort", "abort_on_error",
-           "launched_by_mpi", "local_rank", "rank_device", "shard_bounds", "silence_unless_root",
-           "world"]
+           "launched_by_mpi", "local_rank", "rank_device", "root_first", "shard_bounds",
+           "silence_unless_root", "world"]
 
 # Variables an MPI launcher sets in each process it starts: Open MPI, MPICH / Intel MPI (Hydra),
 # PMIx (Open MPI 5, Slurm's srun --mpi=pmix), MVAPICH.
@@ -114,6 +114,16 @@ def rank_device(device=None, comm=None) -> Backend:
     ``CUDA_VISIBLE_DEVICES``."""
     backend = device if isinstance(device, Backend) else get_backend(device)
     return backend.for_local_rank(local_rank(comm))
+
+
+def root_first(fn, comm=None):
+    """``fn()`` on rank 0, then on the other processes once it has returned; its result on
+    each. For work that must not run in several processes at once, such as a download into a
+    shared directory (the others then find the files in place)."""
+    comm = comm if comm is not None else world()
+    result = fn() if comm.rank == 0 else None
+    comm.Barrier()
+    return result if comm.rank == 0 else fn()
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
@@ -369,6 +379,14 @@ class _WholeBatchRNG:
     def __init__(self, rng, replicas: DataParallel):
         self.rng = rng
         self.replicas = replicas
+
+    @property
+    def backend(self):
+        return self.rng.backend
+
+    @backend.setter
+    def backend(self, backend):             # Dropout.to moves the wrapped stream
+        self.rng.backend = backend
 
     def bernoulli(self, shape, keep: float, dtype):
         batch = self.replicas._batch

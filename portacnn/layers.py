@@ -78,10 +78,11 @@ class Layer:
 
     samples_independent = True
 
-    def __init__(self, *, dtype: str = "float32", name: str | None = None):
-        if dtype not in ("float32", "float64"):
+    def __init__(self, *, dtype: str | None = None, name: str | None = None):
+        if dtype not in (None, "float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.dtype_name = dtype
+        self.requested_dtype = dtype            # None: the model's dtype (float32 alone)
+        self.dtype_name = dtype or "float32"
         self.name = name or type(self).__name__
         self.params: dict = {}
         self.grads: dict = {}
@@ -104,11 +105,17 @@ class Layer:
         out = self.output_shape(input_shape)        # validates before allocating anything
         self.backend = backend
         self.input_shape = input_shape
-        self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
+        with backend.activate():
+            self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
         return out
 
     def _build(self, input_shape, rng: PortableRNG) -> None:
         pass
+
+    def param_shapes(self, input_shape) -> dict:
+        """The shape of each parameter the layer holds for per-sample ``input_shape``, by
+        name (``{"weight": (F, C, kh, kw), "bias": (F,)}``); ``{}`` without parameters."""
+        return {}
 
     def output_shape(self, input_shape) -> tuple:
         """Per-sample output shape for a per-sample ``input_shape`` (batch axis excluded)."""
@@ -143,12 +150,16 @@ class Layer:
     def eval(self) -> "Layer":
         return self.train(False)
 
-    def to(self, device) -> "Layer":
-        """Move parameters, gradients and buffers to another backend (a copy via the host)."""
+    def to(self, device, dtype: str | None = None) -> "Layer":
+        """Move parameters, gradients and buffers to another backend (a copy via the host),
+        cast to ``dtype`` (``"float32"`` / ``"float64"``) if given."""
         backend = get_backend(device)
+        if dtype is not None:
+            backend.dtype(dtype)               # raises for anything but float32 / float64
+            self.dtype_name = dtype
         for store in (self.params, self.grads, self.buffers):
             for key, value in store.items():
-                store[key] = backend.asarray(value)
+                store[key] = backend.asarray(value, dtype=dtype)
         if self.built:
             self.backend = backend
         self._cache = None
@@ -173,15 +184,19 @@ class Layer:
                 f"cast the input with xp.astype(x, xp.{self.dtype_name}) or build the layer with "
                 f"dtype='{x.dtype}'"
             )
-        return self._forward(x)
+        with self.backend.activate():
+            return self._forward(x)
 
     _strict_shape = True
 
     def backward(self, dy):
         """Given dL/dy, store parameter gradients in ``grads`` and return dL/dx."""
         if self._cache is None:
-            raise RuntimeError(f"{self.name}.backward called before forward in training mode")
-        return self._backward(dy)
+            raise RuntimeError(f"{self.name}.backward called before forward in training mode "
+                               "(a forward in eval mode keeps no cache): call train(), then "
+                               "forward, then backward")
+        with self.backend.activate():
+            return self._backward(dy)
 
     __call__ = forward
 
@@ -230,7 +245,8 @@ class Conv2D(Layer):
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).
         init: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).
-        dtype: ``"float32"`` (default) or ``"float64"``.
+        dtype: ``"float32"`` or ``"float64"``; by default the model's dtype (float32 for a
+            layer used alone).
         device, seed: backend and seed of the initial weights when built at once.
 
     Shapes: x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C, kh, kw); bias (F,).
@@ -243,7 +259,7 @@ class Conv2D(Layer):
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, *, in_channels=None,
                  bias: bool = True, init: str = "glorot", padding_mode: str = "zeros",
-                 dtype: str = "float32", device=None, seed=None, name=None):
+                 dtype: str | None = None, device=None, seed=None, name=None):
         super().__init__(dtype=dtype, name=name)
         if not isinstance(out_channels, int) or out_channels <= 0:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
@@ -285,15 +301,23 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         return f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, pad {_padding_text(self)}"
 
+    def param_shapes(self, input_shape):
+        kh, kw = self.kernel_size
+        shapes = {"weight": (self.out_channels, input_shape[0], kh, kw)}
+        if self.use_bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
     def _build(self, input_shape, rng):
         c = input_shape[0]
         self.in_channels = c
         kh, kw = self.kernel_size
         fan_in, fan_out = c * kh * kw, self.out_channels * kh * kw
-        shape = (self.out_channels, c, kh, kw)
-        self.params["weight"] = _init_weight(rng, shape, fan_in, fan_out, self.init, self.dtype_name)
+        shapes = self.param_shapes(input_shape)
+        self.params["weight"] = _init_weight(rng, shapes["weight"], fan_in, fan_out, self.init,
+                                             self.dtype_name)
         if self.use_bias:
-            self.params["bias"] = self.xp.zeros((self.out_channels,), dtype=self.dtype,
+            self.params["bias"] = self.xp.zeros(shapes["bias"], dtype=self.dtype,
                                                 device=self.backend.device)
 
     def forward(self, x):
@@ -344,7 +368,7 @@ class _Pool2D(Layer):
     _op = None          # kernel name stem: "max_pool2d", "min_pool2d" or "avg_pool2d"
 
     def __init__(self, kernel_size=2, stride=None, padding=0, *, padding_mode="zeros",
-                 dtype="float32", name=None):
+                 dtype=None, name=None):
         super().__init__(dtype=dtype, name=name)
         self.kernel_size = kernel_pair(kernel_size)
         self.stride = self.kernel_size if stride is None else stride_pair(stride)
@@ -425,7 +449,8 @@ class Dense(Layer):
     """
 
     def __init__(self, out_features: int, *, in_features=None, bias: bool = True,
-                 init: str = "glorot", dtype: str = "float32", device=None, seed=None, name=None):
+                 init: str = "glorot", dtype: str | None = None, device=None, seed=None,
+                 name=None):
         super().__init__(dtype=dtype, name=name)
         if not isinstance(out_features, int) or out_features <= 0:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
@@ -453,13 +478,19 @@ class Dense(Layer):
     def describe(self):
         return f"{self.in_features} -> {self.out_features}"
 
+    def param_shapes(self, input_shape):
+        shapes = {"weight": (self.out_features, input_shape[0])}
+        if self.use_bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
     def _build(self, input_shape, rng):
         self.in_features = input_shape[0]
-        shape = (self.out_features, self.in_features)
-        self.params["weight"] = _init_weight(rng, shape, self.in_features, self.out_features,
-                                             self.init, self.dtype_name)
+        shapes = self.param_shapes(input_shape)
+        self.params["weight"] = _init_weight(rng, shapes["weight"], self.in_features,
+                                             self.out_features, self.init, self.dtype_name)
         if self.use_bias:
-            self.params["bias"] = self.xp.zeros((self.out_features,), dtype=self.dtype,
+            self.params["bias"] = self.xp.zeros(shapes["bias"], dtype=self.dtype,
                                                 device=self.backend.device)
 
     def forward(self, x):
@@ -496,7 +527,7 @@ class Upsample2D(Layer):
 
     _strict_shape = False
 
-    def __init__(self, scale=2, *, dtype="float32", name=None):
+    def __init__(self, scale=2, *, dtype=None, name=None):
         super().__init__(dtype=dtype, name=name)
         try:
             self.scale = kernel_pair(scale)
@@ -532,7 +563,7 @@ class _BatchNorm(Layer):
     samples_independent = False      # batch statistics couple the samples
 
     def __init__(self, num_features=None, *, eps: float = 1e-5, momentum: float = 0.1,
-                 dtype="float32", device=None, name=None):
+                 dtype=None, device=None, name=None):
         super().__init__(dtype=dtype, name=name)
         if num_features is not None and (not isinstance(num_features, int) or num_features <= 0):
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
@@ -555,6 +586,9 @@ class _BatchNorm(Layer):
         return tuple(input_shape)
 
     _strict_shape = False
+
+    def param_shapes(self, input_shape):
+        return {"weight": (input_shape[0],), "bias": (input_shape[0],)}
 
     def _build(self, input_shape, rng):
         self.num_features = c = input_shape[0]
@@ -672,7 +706,7 @@ class Dropout(Layer):
     _strict_shape = False
     samples_independent = False      # masks come from one draw per batch
 
-    def __init__(self, p: float = 0.5, *, seed=None, dtype="float32", name=None):
+    def __init__(self, p: float = 0.5, *, seed=None, dtype=None, name=None):
         super().__init__(dtype=dtype, name=name)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
@@ -695,6 +729,12 @@ class Dropout(Layer):
     @rng.setter
     def rng(self, rng):
         self._rng = rng
+
+    def to(self, device, dtype: str | None = None) -> "Dropout":
+        super().to(device, dtype)
+        if self._rng is not None and self.built:
+            self._rng.backend = self.backend     # the same stream of masks, on the new device
+        return self
 
     def _forward(self, x):
         if not self.training or self.p == 0.0:

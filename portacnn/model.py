@@ -19,7 +19,7 @@ import math
 import sys
 
 from . import checkpoint, training
-from .backends import Backend, get_backend, to_numpy
+from .backends import Backend, get_backend, on_device, to_numpy
 from .checkpoint import CheckpointError
 from .layers import LAYERS, Layer, Parameter
 from .optim import Optimizer, get_optimizer
@@ -33,9 +33,15 @@ class Sequential:
     """Layers applied in order. Shapes are inferred from ``input_shape`` (per sample, NCHW
     without N, e.g. ``(1, 28, 28)``), so layers need not be told their input sizes.
 
+    Layers that were told them (``Conv2D(8, 3, in_channels=1)``) or that already hold weights
+    are checked against the inferred shapes and keep their weights; a layer made with an
+    explicit ``dtype`` must agree with the model's.
+
     Args:
         layers: the layers, or add them later with :meth:`add`.
-        input_shape: per-sample input shape; the model is built as soon as it is known.
+        input_shape: per-sample input shape; the model is built as soon as it is known. Without
+            it the model is built from the first batch that ``fit`` / ``evaluate`` /
+            ``predict`` / ``forward`` sees.
         device: a device string or :class:`~portacnn.backends.Backend` (default
             ``$PORTACNN_DEVICE`` or ``"cpu"``).
         dtype: ``"float32"`` (default) or ``"float64"`` for every layer.
@@ -58,6 +64,8 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.optimizer: Optimizer | None = None
         self.training = True
+        self.output_shape = None              # per-sample output shape, set by build
+        self._forward_mode = None             # "train" / "eval": the mode of the last forward
         for layer in layers or []:
             self.add(layer)
         if self.input_shape is not None and self.layers:
@@ -65,20 +73,33 @@ class Sequential:
 
     # --- construction ---------------------------------------------------------------------
     def add(self, layer: Layer) -> "Sequential":
-        """Append a layer (before the model is built)."""
+        """Append a layer (before the model is built).
+
+        Raises ``ValueError`` for a layer made with a ``dtype`` other than the model's.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential takes portacnn layers, got {type(layer).__name__}")
         if self.built:
             raise RuntimeError("the model is already built: add every layer before build()")
+        if layer.requested_dtype not in (None, self.dtype_name):
+            raise ValueError(
+                f"{layer.name} was made with dtype='{layer.requested_dtype}' but the model is "
+                f"{self.dtype_name}: one model computes in one dtype; pass "
+                f"dtype='{layer.requested_dtype}' to Sequential (its layers follow it) or drop "
+                "the layer's dtype")
         self.layers.append(layer)
         return self
 
     @property
     def built(self) -> bool:
-        return bool(self.layers) and all(layer.built for layer in self.layers)
+        return self.output_shape is not None
 
     def build(self, input_shape=None) -> "Sequential":
         """Create every layer's parameters for per-sample ``input_shape`` on the model's device.
+
+        A layer that is already built (told its input size, or given weights by hand) keeps
+        its weights: they are checked against the inferred input shape and moved to the
+        model's device and dtype.
 
         Raises ``ValueError`` naming the first layer whose input shape does not fit.
         """
@@ -92,10 +113,13 @@ class Sequential:
         shape = self.input_shape
         with self.backend.activate():
             for i, layer in enumerate(self.layers):
-                layer.dtype_name = self.dtype_name
                 try:
-                    shape = layer.build(shape, self.backend,
-                                        rng if getattr(layer, "seed", None) is None else None)
+                    if layer.built:
+                        shape = self._adopt(layer, shape)
+                    else:
+                        layer.dtype_name = self.dtype_name
+                        shape = layer.build(shape, self.backend,
+                                            rng if getattr(layer, "seed", None) is None else None)
                 except ValueError as exc:
                     raise ValueError(f"layer {i} ({layer.name}): {exc}") from None
                 layer.need_input_grad = i > 0     # nothing upstream of the first layer
@@ -103,11 +127,37 @@ class Sequential:
         self.output_shape = shape
         return self
 
+    def _adopt(self, layer: Layer, input_shape: tuple) -> tuple:
+        """Take a built layer as it is for per-sample ``input_shape``: check that its known
+        sizes and its parameters' shapes fit, then move it to the model's device and dtype.
+        Returns its output shape."""
+        out = layer.output_shape(input_shape)          # raises if a known input size differs
+        have = {key: tuple(value.shape) for key, value in layer.params.items()}
+        need = layer.param_shapes(input_shape)
+        if have != need:
+            raise ValueError(f"its parameters have shapes {have} but an input of per-sample "
+                             f"shape {input_shape} needs {need}: give it weights of those "
+                             "shapes, or an unbuilt layer to initialise here")
+        if layer.input_shape is not None:
+            layer.input_shape = tuple(input_shape)
+        layer.to(self.backend, self.dtype_name)
+        return out
+
     def require_built(self) -> None:
         """Raise ``RuntimeError`` unless the model is built."""
         if not self.built:
-            raise RuntimeError("the model is not built: give Sequential an input_shape or call "
-                               "build((C, H, W))")
+            raise RuntimeError("the model is not built: give Sequential an input_shape, call "
+                               "build((C, H, W)), or let fit / predict build it from the data")
+
+    def build_for(self, x) -> None:
+        """Build from the per-sample shape of a first batch ``x`` (N, *input_shape) unless
+        the model is built already (as Keras builds on the first batch it sees)."""
+        if self.built:
+            return
+        if self.input_shape is None and len(x.shape) < 2:
+            raise ValueError(f"cannot build the model from an input of shape {tuple(x.shape)}: "
+                             "give a batch (N, C, H, W), or input_shape=(C, H, W) to Sequential")
+        self.build(self.input_shape or tuple(x.shape[1:]))
 
     # --- parameters -------------------------------------------------------------------------
     def parameters(self) -> list[Parameter]:
@@ -179,11 +229,14 @@ class Sequential:
         return self
 
     # --- forward / backward ---------------------------------------------------------------
+    @on_device
     def forward(self, x):
         """Logits for a batch ``x`` already on the model's device, shape (N, *input_shape)."""
+        self.build_for(x)
         self.check_input(x)
         for layer in self.layers:
             x = layer._forward(x)           # checked once above, not again per layer
+        self._forward_mode = "train" if self.training else "eval"
         return x
 
     __call__ = forward
@@ -199,8 +252,17 @@ class Sequential:
             raise TypeError(f"the model is {self.dtype_name} but the input is {x.dtype}: cast it "
                             f"with model.backend.asarray(x, dtype='{self.dtype_name}')")
 
+    @on_device
     def backward(self, dlogits) -> None:
-        """Back-propagate dL/dlogits through every layer, filling each layer's ``grads``."""
+        """Back-propagate dL/dlogits through every layer, filling each layer's ``grads``.
+
+        Raises ``RuntimeError`` before any forward, or after a forward in eval mode (which
+        keeps no caches)."""
+        if self._forward_mode != "train":
+            raise RuntimeError(
+                ("Sequential.backward called before forward" if self._forward_mode is None else
+                 "Sequential.backward called after a forward in eval mode, which keeps no caches")
+                + ": call model.train(), then model.forward(x), then backward")
         for layer in reversed(self.layers):
             dlogits = layer.backward(dlogits)
 
@@ -210,22 +272,32 @@ class Sequential:
         as device arrays. See :func:`portacnn.training.train_step`."""
         return training.train_step(self, x, y, optimizer)
 
-    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer="sgd", **kwargs):
+    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, **kwargs):
         """Train for ``epochs`` passes over ``(x, y)``.
 
         Args:
             x: (N, *input_shape) inputs, float (already normalised); host NumPy or on device.
-            y: (N,) integer labels (or (N, K) targets for MSE).
-            optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...).
+            y: (N,) integer labels in ``[0, classes)`` or (N, classes) one-hot rows (for MSE:
+                targets of the output's shape). ``x`` and ``y`` are checked once, before
+                training: a label out of range or a NaN / infinite input raises ``ValueError``
+                naming the first bad sample.
+            optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...);
+                by default the model's own (``model.optimizer``: restored by :func:`load` or
+                set by an earlier ``fit``), else ``SGD(lr=0.01)``.
             validation_data: ``(x_val, y_val)`` evaluated after each epoch; or
             validation_split: the fraction of ``x`` (taken from its end, before shuffling) held
                 out for validation.
             shuffle, seed: reshuffle each epoch with a seeded generator.
-            verbose: 0 silent, 1 a progress bar per epoch and a line per epoch, 2 lines only.
+            verbose: 0 silent, 1 progress (a bar on a terminal; otherwise a line every few
+                seconds of a long epoch) and a line per epoch, 2 the epoch lines only.
 
         Returns:
             :class:`~portacnn.training.History` with per-epoch loss, accuracy, val_loss,
             val_accuracy, seconds and images_per_s.
+
+        Raises:
+            FloatingPointError: the loss became NaN or infinite (training diverged); raised at
+                the end of that epoch at the latest, naming it.
         """
         return training.fit(self, x, y, epochs, batch_size, optimizer, **kwargs)
 

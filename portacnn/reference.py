@@ -101,10 +101,10 @@ def _unpad(dxp, shape, top, left, mode):
     return dx
 
 
-def im2col(x, kernel_size, stride=1, padding=0):
+def im2col(x, kernel_size, stride=1, padding=0, padding_mode="zeros"):
     """cols[n, c*kh*kw + u*kw + v, i*OW + j] = xpad[n, c, i*sh + u, j*sw + v]."""
     kh, kw = _two(kernel_size)
-    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding)
+    xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, mode=padding_mode)
     n_, c_ = x.shape[:2]
     cols = np.zeros((n_, c_ * kh * kw, oh * ow), dtype=x.dtype)
     for n in range(n_):

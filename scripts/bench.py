@@ -2,7 +2,7 @@
 """Benchmark portacnn's LeNet-5 on any backend, optionally against PyTorch in the same run.
 
     python scripts/bench.py --device cpu --compare-torch --compare-tutorial --json bench.json
-    python scripts/bench.py --device gpu            # on a CUDA machine (CuPy)
+    python scripts/bench.py --device gpu --compare-torch   # CuPy and PyTorch on one GPU
     python scripts/bench.py --quick                 # 6,000 images, fewer repeats
     python scripts/bench.py --data-parallel 2 --compare-torch   # runs mpiexec -n 2 itself
 
@@ -22,10 +22,15 @@ the training command does (:func:`portacnn.allocator.keep_freed_memory`):
   (``--tutorial-images``), A/B interleaved, both scaled to the epoch;
 
 and once: time per image as the batch grows (16 ... 512) and as the image grows (28, 56, 112
-pixels on a side) with the peak memory of each (tracemalloc for NumPy, the memory pool on
-CuPy), and memory from epoch to epoch. Each timing is preceded by a warm-up run; the table
-shows the median and the [min - max] of ``--repeats`` runs. On a GPU every timer stops only
-after ``Backend.synchronize()``.
+pixels on a side) with the peak memory of each (``Backend.memory_peak``: tracemalloc for
+NumPy, the highest use of CuPy's memory pool, ``torch.cuda.max_memory_allocated``), and memory
+from epoch to epoch. Each timing is preceded by a warm-up run; the table shows the median and
+the [min - max] of ``--repeats`` runs. The shuffled copy of each epoch's data is made, and
+moved to the device, before its clock starts, for both sides.
+
+On a GPU (``--device gpu`` / ``cuda:N``) PyTorch runs on the same CUDA device, both sides are
+synchronised before every clock read, only the first of ``--threads`` is used (threads do not
+change a GPU's speed), and the header names the GPU, the driver, the CUDA runtime and CuPy.
 
 ``--data-parallel N`` runs only the data-parallel section, in an ``mpiexec -n N`` job it starts
 itself: training epochs at the global batches ``--dp-batches`` for one process (1 and N BLAS
@@ -86,11 +91,32 @@ def dataset(n, dtype):
     return normalize(x, dtype=dtype), y
 
 
-def timed(fn, backend):
-    backend.synchronize()
+class Peer:
+    """PyTorch, the peer: the module and the device its tensors live on (the GPU portacnn
+    runs on, or the CPU)."""
+
+    def __init__(self, torch, backend):
+        self.torch = torch
+        cuda = backend.device_info().get("cuda_device") if backend.accelerator else None
+        self.device = torch.device("cpu" if cuda is None else f"cuda:{cuda}")
+
+    def tensor(self, array):
+        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+
+def timed(fn, backend, peer=None):
+    """Seconds ``fn()`` takes, every device synchronised before each clock read."""
+    syncs = [backend.synchronize] + ([peer.synchronize] if peer is not None else [])
+    for sync in syncs:
+        sync()
     t0 = time.perf_counter()
     fn()
-    backend.synchronize()
+    for sync in syncs:
+        sync()
     return time.perf_counter() - t0
 
 
@@ -105,13 +131,26 @@ def machine_info(backend):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "portacnn": portacnn.__version__,
-            "backend": backend.description}
+            "backend": backend.description, "device": backend.device_info()}
+
+
+def device_line(info):
+    """The header line naming a GPU: "GPU NVIDIA H100 (cuda:0, 79.1 GiB, sm 9.0), driver CUDA
+    12.8, runtime 12.9, CuPy 14.2.0"; empty for the CPU."""
+    if "gpu" not in info:
+        return ""
+    return (f"GPU {info['gpu']} (cuda:{info.get('cuda_device')}, {info.get('memory_gib')} GiB, "
+            f"sm {info.get('compute_capability')}), driver CUDA {info.get('cuda_driver')}, "
+            f"runtime {info.get('cuda_runtime')}, CuPy {info.get('cupy')}, "
+            f"NVRTC {info.get('nvrtc')}")
 
 
 # --- PyTorch peer ---------------------------------------------------------------------------
 
-def torch_lenet(model, torch):
-    """LeNet-5 in torch.nn with portacnn's initial weights (same shapes, same layout)."""
+def torch_lenet(model, peer):
+    """LeNet-5 in torch.nn with portacnn's initial weights (same shapes, same layout), on the
+    peer's device."""
+    torch = peer.torch
     nn = torch.nn
     net = nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
@@ -123,112 +162,130 @@ def torch_lenet(model, torch):
         for a, b in zip(ours, theirs):
             b.weight.copy_(torch.from_numpy(model.backend.to_numpy(a.params["weight"])))
             b.bias.copy_(torch.from_numpy(model.backend.to_numpy(a.params["bias"])))
-    return net
+    return net.to(peer.device)
 
 
-def torch_epoch(net, opt, x, y, order, batch_size, torch):
-    """One epoch in the idiomatic PyTorch loop, doing the same work as Sequential.fit."""
+def torch_epoch(net, opt, x, y, batch_size, torch):
+    """One epoch in the idiomatic PyTorch loop over ``x``, ``y`` already shuffled and on the
+    device, doing the same work as Sequential.fit."""
     F = torch.nn.functional
     net.train()
-    total = torch.zeros(())
-    hits = torch.zeros((), dtype=torch.int64)
-    for start in range(0, len(order), batch_size):
-        idx = torch.from_numpy(order[start:start + batch_size])
-        xb, yb = x[idx], y[idx]
+    total = torch.zeros((), device=x.device)
+    hits = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         opt.zero_grad(set_to_none=True)
         logits = net(xb)
         loss = F.cross_entropy(logits, yb)
         loss.backward()
         opt.step()
-        total += loss.detach() * len(idx)
+        total += loss.detach() * len(xb)
         hits += (logits.argmax(1) == yb).sum()
-    return float(total) / len(order), int(hits) / len(order)
+    return float(total) / len(x), int(hits) / len(x)
 
 
 # --- sections -------------------------------------------------------------------------------
 
-def per_layer(backend, batch_size, dtype, repeats, torch=None):
+def per_layer(backend, batch_size, dtype, repeats, peer=None):
     """Forward and backward time of each LeNet-5 layer on one batch (ms)."""
     model = lenet5(device=backend, dtype=dtype, seed=0)
     x, _ = dataset(batch_size, dtype)
     h = backend.asarray(x)
     inputs = []
-    for layer in model.layers:
-        inputs.append(h)
-        h = layer._forward(h)
     grads = [None] * len(model.layers)
-    g = backend.asarray(np.ones(tuple(h.shape), dtype=dtype))
-    for k in reversed(range(len(model.layers))):
-        grads[k] = g
-        out = model.layers[k]._backward(g)
-        g = out if out is not None else g
+    with backend.activate():                    # layers' private methods are called directly
+        for layer in model.layers:
+            inputs.append(h)
+            h = layer._forward(h)
+        g = backend.asarray(np.ones(tuple(h.shape), dtype=dtype))
+        for k in reversed(range(len(model.layers))):
+            grads[k] = g
+            out = model.layers[k]._backward(g)
+            g = out if out is not None else g
     rows = []
-    tnet = torch_lenet(model, torch) if torch else None
+    tnet = torch_lenet(model, peer) if peer else None
     def ten(fn, arg):
         for _ in range(10):
             fn(arg)                 # results dropped at once, as in training
 
     for k, layer in enumerate(model.layers):
-        fwd = [timed(lambda: ten(layer._forward, inputs[k]), backend) / 10
-               for _ in range(repeats + 1)][1:]
-        bwd = [timed(lambda: ten(layer._backward, grads[k]), backend) / 10
-               for _ in range(repeats + 1)][1:]
+        with backend.activate():
+            fwd = [timed(lambda: ten(layer._forward, inputs[k]), backend) / 10
+                   for _ in range(repeats + 1)][1:]
+            bwd = [timed(lambda: ten(layer._backward, grads[k]), backend) / 10
+                   for _ in range(repeats + 1)][1:]
         row = {"layer": f"{layer.name}", "forward_ms": statistics.median(fwd) * 1e3,
                "backward_ms": statistics.median(bwd) * 1e3}
         if tnet is not None:
             row.update(_torch_layer_times(tnet[k], backend.to_numpy(inputs[k]),
-                                          backend.to_numpy(grads[k]), repeats, torch))
+                                          backend.to_numpy(grads[k]), repeats, peer))
         rows.append(row)
     return rows
 
 
-def _torch_layer_times(module, x, g, repeats, torch):
-    xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
-    gt = torch.from_numpy(np.ascontiguousarray(g))
+def _torch_layer_times(module, x, g, repeats, peer):
+    xt = peer.tensor(x).requires_grad_(True)
+    gt = peer.tensor(g)
     fwd, bwd = [], []
+
+    def forward():
+        for _ in range(10):
+            module(xt)
+
+    def forward_backward():
+        for _ in range(10):
+            module(xt).backward(gt)
+
     for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            out = module(xt)
-        fwd.append((time.perf_counter() - t0) / 10)
-        t0 = time.perf_counter()
-        for _ in range(10):
-            out = module(xt)
-            out.backward(gt)
-        bwd.append((time.perf_counter() - t0) / 10 - fwd[-1])
+        fwd.append(_peer_timed(forward, peer) / 10)
+        bwd.append(_peer_timed(forward_backward, peer) / 10 - fwd[-1])
     return {"torch_forward_ms": statistics.median(fwd[1:]) * 1e3,
             "torch_backward_ms": max(statistics.median(bwd[1:]), 0.0) * 1e3}
 
 
-def train_epochs(backend, args, threads, torch=None):
-    """Epoch times for portacnn (and PyTorch, interleaved A/B) at one thread count."""
+def _peer_timed(fn, peer):
+    peer.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    peer.synchronize()
+    return time.perf_counter() - t0
+
+
+def train_epochs(backend, args, threads, peer=None):
+    """Epoch times for portacnn (and PyTorch, interleaved A/B) at one thread count. Each
+    epoch's shuffled copy is gathered and moved to the device before the clock starts."""
     x, y = dataset(args.images, args.dtype)
     orders = [np.random.default_rng(r).permutation(len(x)) for r in range(args.repeats + 1)]
     model = lenet5(device=backend, dtype=args.dtype, seed=0)
     opt = SGD(LR, momentum=MOMENTUM)
     results = {"portacnn": [], "torch": [], "portacnn_loss": [], "torch_loss": []}
-    if torch is not None:
-        net = torch_lenet(model, torch)
+    if peer is not None:
+        torch = peer.torch
+        net = torch_lenet(model, peer)
         topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
-    def run_ours(order):
-        hist = model.fit(x[order], y[order], epochs=1, batch_size=args.batch_size,
-                         optimizer=opt, shuffle=False, verbose=0)
+    def run_ours(data):
+        hist = model.fit(*data, epochs=1, batch_size=args.batch_size, optimizer=opt,
+                         shuffle=False, verbose=0)
         results["portacnn_loss"].append(hist["loss"][0])
 
-    def run_torch(order):
-        loss, _ = torch_epoch(net, topt, tx, ty, order, args.batch_size, torch)
+    def run_torch(data):
+        loss, _ = torch_epoch(net, topt, *data, args.batch_size, torch)
         results["torch_loss"].append(loss)
 
     for r, order in enumerate(orders):          # run 0 is the warm-up
-        pair = [("portacnn", run_ours)] + ([("torch", run_torch)] if torch is not None else [])
+        pair = [("portacnn", run_ours)] + ([("torch", run_torch)] if peer is not None else [])
         if r % 2:
             pair.reverse()                      # A/B, then B/A: drift hits both alike
         this_run = {}
         for name, fn in pair:
+            if name == "portacnn":
+                data = (backend.asarray(x[order], dtype=args.dtype), backend.asarray(y[order]))
+            else:
+                data = (peer.tensor(x[order]), peer.tensor(y[order]))
             gc.collect()
-            this_run[name] = timed(lambda: fn(order), backend)
+            this_run[name] = timed(lambda: fn(data), backend, peer)
+            del data
             if r > 0:
                 results[name].append(this_run[name])
         print(f"    epoch run {r}{' (warm-up)' if r == 0 else ''}: "
@@ -236,7 +293,7 @@ def train_epochs(backend, args, threads, torch=None):
               flush=True)
     out = {"threads": threads, "portacnn": summarize(results["portacnn"]),
            "portacnn_loss_first_epoch": results["portacnn_loss"][0]}
-    if torch is not None:
+    if peer is not None:
         out["torch"] = summarize(results["torch"])
         out["torch_loss_first_epoch"] = results["torch_loss"][0]
         ratios = [a / b for a, b in zip(results["portacnn"], results["torch"])]
@@ -244,20 +301,21 @@ def train_epochs(backend, args, threads, torch=None):
     return out
 
 
-def inference(backend, args, torch=None):
+def inference(backend, args, peer=None):
     """Images per second of predict() at several batch sizes (higher is better), A/B
-    interleaved with PyTorch when it is given."""
+    interleaved with PyTorch when it is given. The images start on the host for both."""
     n = min(args.images, 10_000)
     x, _ = dataset(n, args.dtype)
     model = lenet5(device=backend, dtype=args.dtype, seed=0)
     rows = []
-    net = torch_lenet(model, torch).eval() if torch is not None else None
-    tx = torch.from_numpy(x) if torch is not None else None
+    net = torch_lenet(model, peer).eval() if peer is not None else None
+    torch = peer.torch if peer is not None else None
+    tx = torch.from_numpy(x) if peer is not None else None
 
     def run_torch(bs):
         with torch.inference_mode():
             for s in range(0, n, bs):
-                torch.softmax(net(tx[s:s + bs]), dim=1)
+                torch.softmax(net(tx[s:s + bs].to(peer.device)), dim=1)
 
     for bs in args.infer_batches:
         ours, theirs = [], []
@@ -268,7 +326,7 @@ def inference(backend, args, torch=None):
             if r % 2:
                 pair.reverse()
             for out, fn in pair:
-                seconds = timed(fn, backend)
+                seconds = timed(fn, backend, peer)
                 if r:
                     out.append(n / seconds)
         row = {"batch_size": bs, "portacnn_images_per_s": summarize(ours)}
@@ -312,29 +370,12 @@ def tutorial(backend, args):
             "speedup_portacnn_over_tutorial": summarize([a / b for a, b in zip(theirs, ours)])}
 
 
-def _memory_probe(backend):
-    if backend.name == "cupy":
-        pool = backend._native.get_default_memory_pool()
-        return lambda: pool.total_bytes(), pool.free_all_blocks
-    return None, None
-
-
 def _peak_bytes(fn, backend):
-    used, reset = _memory_probe(backend)
-    if used is not None:
-        reset()
+    """The peak memory ``fn()`` allocates on the backend's device (None if unknown)."""
+    with backend.memory_peak() as peak:
         fn()
         backend.synchronize()
-        return used()
-    if backend.name not in ("numpy", "array_api_strict"):
-        fn()
-        return None
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return peak.bytes
 
 
 def _lenet_for(size, backend, dtype):
@@ -376,7 +417,7 @@ def memory_over_epochs(backend, args):
     x, y = dataset(min(args.images, 6000), args.dtype)
     model = lenet5(device=backend, dtype=args.dtype, seed=0)
     opt = SGD(LR, momentum=MOMENTUM)
-    if backend.name not in ("numpy", "array_api_strict"):
+    if not backend.host_memory_traced:
         return None
     tracemalloc.start()
     try:
@@ -449,7 +490,7 @@ def _sum_seconds(dp, values, reduction):
     return dp.comm.bcast(statistics.median(rounds), root=0)
 
 
-def data_parallel(backend, args, torch=None):
+def data_parallel(backend, args, peer=None):
     """Training epochs at each global batch in --dp-batches, A/B interleaved: one process at 1
     and at R BLAS threads, R processes of 1 thread each (DataParallel), and PyTorch at R
     threads; then the time of one gradient sum and what the two predict for more processes.
@@ -472,31 +513,40 @@ def data_parallel(backend, args, torch=None):
         optimizers = {key: SGD(LR, momentum=MOMENTUM) for key in runners}
         losses = {}
 
-        def epoch(key, order):
+        def epoch(key, data):
             with backend.limit_threads(ranks if key == "wide" else 1):
-                hist = runners[key].fit(x[order], y[order], epochs=1, batch_size=batch,
+                hist = runners[key].fit(*data, epochs=1, batch_size=batch,
                                         optimizer=optimizers[key], shuffle=False, verbose=0)
             losses.setdefault(key, hist["loss"][0])
 
         contenders = ["one", "wide", "dp"]
-        if torch is not None:
-            net = torch_lenet(models["one"], torch)
+        if peer is not None:
+            torch = peer.torch
+            net = torch_lenet(models["one"], peer)
             topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
             contenders.append("torch")
 
-        def run(key, order):
+        def run(key, data):
             if key != "torch":
-                return epoch(key, order)
+                return epoch(key, data)
             torch.set_num_threads(ranks)
-            losses.setdefault("torch", torch_epoch(net, topt, tx, ty, order, batch, torch)[0])
+            losses.setdefault("torch", torch_epoch(net, topt, *data, batch, torch)[0])
             torch.set_num_threads(1)
+
+        def shuffled(key, order):
+            """The epoch's shuffled copy, made before the clock starts (as train_epochs)."""
+            if key == "torch":
+                return peer.tensor(x[order]), peer.tensor(y[order])
+            return backend.asarray(x[order], dtype=args.dtype), backend.asarray(y[order])
 
         times = {key: [] for key in contenders}
         for r, order in enumerate(orders):                  # run 0 is the warm-up
             turn = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-            this_run = {key: _run_timed(comm, lambda: run(key, order), key == "dp")
-                        for key in turn}
+            this_run = {}
+            for key in turn:
+                data = shuffled(key, order)
+                this_run[key] = _run_timed(comm, lambda: run(key, data), key == "dp")
+                del data
             if r:
                 for key, seconds in this_run.items():
                     times[key].append(seconds)
@@ -510,7 +560,7 @@ def data_parallel(backend, args, torch=None):
                "speedup_over_one": summarize([a / b for a, b in zip(times["one"], times["dp"])]),
                "speedup_over_wide": summarize([a / b for a, b in zip(times["wide"],
                                                                      times["dp"])])}
-        if torch is not None:
+        if peer is not None:
             row["ratio_over_torch"] = summarize([a / b for a, b in zip(times["dp"],
                                                                        times["torch"])])
         out["batches"].append(row)
@@ -661,18 +711,29 @@ def main(argv=None):
         return 2
     if args.portable:
         backend.kernel_overrides = None        # this instance runs the portable kernels only
+    peer = Peer(torch, backend) if torch is not None else None
+    if peer is not None and peer.device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench: error: --compare-torch on {args.device} needs a CUDA build of PyTorch "
+              f"(this torch {torch.__version__} has no CUDA); drop --compare-torch or install "
+              "one", file=sys.stderr)
+        return 2
+    if backend.accelerator and len(args.threads) > 1:
+        args.threads = args.threads[:1]        # CPU threads do not change a GPU's speed
     allocator_kept = keep_freed_memory()       # as the training command does
     report = {"machine": {**machine_info(backend), "kernels": backend.kernel_overrides or
                           "portable", "keep_freed_memory": allocator_kept}, "args": {k: (sorted(v) if isinstance(v, set)
               else v) for k, v in vars(args).items() if k != "json"}, "by_threads": []}
-    if torch is not None:
+    if peer is not None:
         report["machine"]["torch"] = torch.__version__
+        report["machine"]["torch_device"] = str(peer.device)
     print("portacnn benchmark:", json.dumps(report["machine"]))
+    if device_line(report["machine"]["device"]):
+        print(device_line(report["machine"]["device"]))
     if args.data_parallel is not None:
         print(f"LeNet-5, {args.dtype}, {args.images:,} images, SGD lr {LR} momentum {MOMENTUM}, "
               f"median [min-max] of {args.repeats} runs; data parallel over "
               f"{distributed.world().size} processes (mpiexec), BLAS 1 thread each\n")
-        report["data_parallel"] = data_parallel(backend, args, torch)
+        report["data_parallel"] = data_parallel(backend, args, peer)
         if distributed.world().rank != 0:
             return 0                            # rank 0 ran the one-process peers and reports
         print_data_parallel(report["data_parallel"])
@@ -693,7 +754,7 @@ def main(argv=None):
             entry = {"threads": threads, "pools": pools}
             if "layers" in args.sections:
                 entry["layers"] = per_layer(backend, args.batch_size, args.dtype, args.repeats,
-                                            torch)
+                                            peer)
                 print(f"  {'layer':<10} {'fwd ms':>8} {'bwd ms':>8}"
                       + (f" {'torch fwd':>10} {'torch bwd':>10}" if torch else ""))
                 for row in entry["layers"]:
@@ -702,7 +763,7 @@ def main(argv=None):
                              if torch else ""))
             if "train" in args.sections:
                 print(f"  training epoch ({args.images:,} images):")
-                tr = entry["train"] = train_epochs(backend, args, threads, torch)
+                tr = entry["train"] = train_epochs(backend, args, threads, peer)
                 print(f"  portacnn: {fmt(tr['portacnn'])}")
                 if torch is not None:
                     print(f"  pytorch:  {fmt(tr['torch'])}")
@@ -710,7 +771,7 @@ def main(argv=None):
                           f"  (first-epoch loss {tr['portacnn_loss_first_epoch']:.4f} vs "
                           f"{tr['torch_loss_first_epoch']:.4f})")
             if "infer" in args.sections:
-                entry["inference"] = inference(backend, args, torch)
+                entry["inference"] = inference(backend, args, peer)
                 for row in entry["inference"]:
                     line = (f"  inference batch {row['batch_size']:>5}: portacnn "
                             f"{row['portacnn_images_per_s']['median']:>9,.0f} images/s")

@@ -65,3 +65,64 @@ def test_compare_torch_without_torch_says_how_to_install(hide_module, capsys):
 def test_bench_unknown_device_exits_2(capsys):
     assert bench.main(["--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+class _FakeGPU:
+    """A NumPy backend dressed as a GPU: accelerator, device fields, its own peak probe."""
+
+    def __new__(cls):
+        from portacnn.backends import NumpyBackend
+
+        class FakeGPU(NumpyBackend):
+            accelerator = True
+            host_sync_is_free = False
+
+            def device_info(self):
+                return {**super().device_info(), "gpu": "Fake GPU", "cuda_device": 0,
+                        "memory_gib": 80.0, "compute_capability": "9.0",
+                        "cuda_driver": "12.8", "cuda_runtime": "12.9", "cupy": "14.2.0",
+                        "nvrtc": "12.9"}
+
+        return FakeGPU.create()
+
+
+def test_on_a_gpu_the_header_names_it_and_one_thread_count_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench.portacnn, "get_backend", lambda device: _FakeGPU())
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--threads", "1,2", "--sections", "train,scaling",
+                              "--scale-batches", "16", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    device = report["machine"]["device"]
+    assert (device["gpu"], device["cuda_driver"], device["cuda_runtime"], device["cupy"]) == (
+        "Fake GPU", "12.8", "12.9", "14.2.0")
+    assert [e["threads"] for e in report["by_threads"]] == [1]
+    header = capsys.readouterr().out
+    assert "GPU Fake GPU (cuda:0, 80.0 GiB, sm 9.0), driver CUDA 12.8, runtime 12.9, CuPy 14.2.0" \
+        in header
+    assert all(row["peak_mib"] > 0 for row in report["scaling"])
+
+
+def test_timed_synchronises_every_device_before_each_clock_read():
+    calls = []
+
+    class Sync:
+        def __init__(self, name):
+            self.name = name
+
+        def synchronize(self):
+            calls.append(self.name)
+
+    bench.timed(lambda: calls.append("work"), Sync("portacnn"), Sync("torch"))
+    assert calls == ["portacnn", "torch", "work", "portacnn", "torch"]
+
+
+def test_peak_memory_is_a_peak_not_what_is_left():
+    from portacnn.backends import get_backend
+
+    import numpy as np
+
+    def burst():
+        big = np.ones(4_000_000)        # 32 MB, freed before the block ends
+        del big
+    peak = bench._peak_bytes(burst, get_backend("cpu"))
+    assert peak >= 32_000_000

@@ -15,8 +15,8 @@ from portacnn.optim import SGD
 from recording import namespace as recording_xp
 from recording import recording
 
-TRAIN_STEP_MAX = 170
-INFERENCE_MAX = 50
+TRAIN_STEP_MAX = 120
+INFERENCE_MAX = 45
 
 
 @pytest.fixture
@@ -64,3 +64,27 @@ def test_fit_reads_back_per_epoch_not_per_batch(lenet):
             model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
         reads.append(rec.host_reads)
     assert reads[0] == reads[1] == 2                  # the epoch's loss and accuracy
+
+
+def test_data_that_fits_moves_to_the_device_once_per_fit(lenet):
+    """With a ``device_data_limit`` (a GPU's), fit uploads the data and each epoch's order
+    once, gathers the epoch on the device and slices batches: the uploads do not grow with
+    the number of batches. Without one (the CPU), each batch is one upload of x and one of y."""
+    model, _, _ = lenet
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    uploads = {}
+    for limit in (None, 2**30):
+        model.backend.device_data_limit = limit
+        for batch_size in (32, 16):                   # 3 and 6 batches per epoch
+            with recording() as rec:
+                model.fit(x, y, epochs=2, batch_size=batch_size, verbose=0)
+            uploads[limit, batch_size] = rec.by_name["asarray"]
+    assert uploads[None, 32] == 2 * 2 * 3 and uploads[None, 16] == 2 * 2 * 6
+    assert uploads[2**30, 32] == uploads[2**30, 16] == 2 + 2       # x, y; an order per epoch
+    model.backend.device_data_limit = 2**30
+    with recording() as rec:
+        model.evaluate(x, y, batch_size=32)
+        model.predict(x, batch_size=32)
+    assert rec.by_name["asarray"] == 3                               # x, y; x again for predict

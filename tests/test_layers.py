@@ -189,3 +189,16 @@ def test_to_moves_parameters_between_backends():
     conv.to("array_api_strict")
     assert conv.backend.name == "array_api_strict"
     assert np.array_equal(np.from_dlpack(conv.params["weight"]), w)
+
+
+def test_an_eval_mode_convolution_on_numpy_returns_the_batch_innermost_view():
+    # The CPU override's inference route leaves the output in (F, OH, OW, N) memory for the
+    # activation and pooling after it; training outputs stay row-major.
+    conv = Conv2D(4, 3, padding=1, in_channels=2, seed=0)
+    x = np.random.default_rng(0).normal(size=(5, 2, 6, 6)).astype(np.float32)
+    y_train = conv.forward(x)
+    conv.eval()
+    y_eval = conv.forward(x)
+    assert y_train.flags.c_contiguous and not y_eval.flags.c_contiguous
+    assert y_eval.strides[0] == y_eval.itemsize
+    np.testing.assert_allclose(y_eval, y_train, rtol=1e-5, atol=1e-6)

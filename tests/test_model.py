@@ -84,12 +84,17 @@ def test_fit_learns_and_reports_history():
     assert abs(loss - hist["val_loss"][-1]) < 1e-6 and acc == hist["val_accuracy"][-1]
 
 
-def test_progress_bar_is_shown_with_verbose_1():
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_is_shown_on_a_terminal_with_verbose_1():
     x, y = toy_data(40)
-    out = io.StringIO()
+    out = Terminal()
     small_net().fit(x, y, epochs=1, batch_size=8, verbose=1, file=out)
     text = out.getvalue()
-    assert "epoch 1/1" in text and "5/5" in text and "loss" in text
+    assert "\repoch 1/1:" in text and "/5 [" in text and "epoch 1/1: loss" in text
 
 
 def test_predict_gives_probabilities_and_matches_evaluate(core_backend):
@@ -262,3 +267,13 @@ def test_batch_coupled_models_are_never_chunked(monkeypatch):
     _spy_batch_sizes(model, calls)
     model.train_step(np.ones((10, 1, 6, 6), np.float32), np.zeros(10, np.int64), SGD(0.01))
     assert calls[2:] == [3, 3, 4]                 # equal chunks of at most 4
+
+
+def test_a_model_with_dropout_trains_after_moving_to_another_backend():
+    x, y = toy_data(32)
+    model = small_net(dropout=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.to("array_api_strict")
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history["loss"][0])
+    assert model.backend.name == "array_api_strict"

@@ -1,5 +1,8 @@
 """Optimizer update rules: hand-computed steps, and torch.optim on the same numbers."""
 
+import contextlib
+import types
+
 import numpy as np
 import pytest
 
@@ -93,3 +96,56 @@ def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; choose one of sgd, adam"):
         get_optimizer("lbfgs")
     assert isinstance(get_optimizer({"name": "Adam", "lr": 0.1, "betas": [0.8, 0.9]}), Adam)
+
+
+def _layers(backend, shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for shape in shapes:
+        layer = Layer(dtype="float64")
+        layer.params["weight"] = backend.asarray(rng.normal(size=shape))
+        layers.append(layer)
+    return layers
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "per-parameter"])
+def test_one_update_over_all_parameters_equals_one_per_parameter(core_backend, fuse):
+    """Several parameters of different shapes, stepped together (``fuse_updates``, the GPU's
+    way) or one by one (the CPU's): the same values as each stepped alone; a parameter
+    replaced between steps (as a load does) is gathered again."""
+    shapes = [(3, 2), (4,), (2, 1, 3)]
+    rng = np.random.default_rng(5)
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
+    together = _layers(core_backend, shapes)
+    for layer in together:
+        layer.backend = types.SimpleNamespace(fuse_updates=fuse, activate=contextlib.nullcontext)
+    params = [p for i, layer in enumerate(together) for p in layer.parameters(f"{i}.")]
+    opt = SGD(lr=0.1, momentum=0.9, weight_decay=0.01)
+    alone = [(_layers(core_backend, shapes)[i], SGD(lr=0.1, momentum=0.9, weight_decay=0.01))
+             for i in range(len(shapes))]
+    for step, gs in enumerate(grads):
+        if step == 2:                       # replace one value: the flat copy is stale now
+            new = core_backend.asarray(np.full(shapes[1], 0.5))
+            together[1].params["weight"] = new
+            alone[1][0].params["weight"] = core_backend.asarray(np.full(shapes[1], 0.5))
+        for p, g in zip(params, gs):
+            p.grad = core_backend.asarray(g)
+        opt.step(params)
+        for (layer, single), g in zip(alone, gs):
+            layer.grads["weight"] = core_backend.asarray(g)
+            single.step(layer.parameters("0."))
+        for layer, (single_layer, _) in zip(together, alone):
+            assert_close(layer.params["weight"], core_backend.to_numpy(
+                single_layer.params["weight"]))
+    assert set(opt.state) == {"0.weight", "1.weight", "2.weight"}
+    assert [tuple(opt.state[p.name]["momentum"].shape) for p in params] == shapes
+
+
+def test_parameters_without_a_gradient_are_left_alone(core_backend):
+    a, b = _layers(core_backend, [(2,), (3,)])
+    before = core_backend.to_numpy(b.params["weight"]).copy()
+    a.grads["weight"] = core_backend.asarray(np.ones(2))
+    opt = Adam(lr=0.1)
+    opt.step(a.parameters("a.") + b.parameters("b."))
+    assert set(opt.state) == {"a.weight"}
+    assert np.array_equal(core_backend.to_numpy(b.params["weight"]), before)

@@ -20,14 +20,15 @@ imports nothing else from portacnn.
 """
 
 from . import cupy, numpy, strict, torch  # noqa: F401  (each registers its class)
-from .base import (Backend, DeviceError, PortableRNG, describe_array, is_host_array, namespace,
-                   to_numpy)
+from .base import (Backend, DeviceError, MemoryPeak, NoDeviceError, PortableRNG, describe_array,
+                   is_host_array, namespace, on_device, to_numpy)
 from .cupy import CupyBackend
 from .numpy import NumpyBackend
 from .registry import ENV_VAR, backend_of, get_backend, register, registered
 from .strict import StrictBackend
 from .torch import TorchBackend
 
-__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "NumpyBackend", "PortableRNG",
-           "StrictBackend", "TorchBackend", "backend_of", "describe_array", "get_backend",
-           "is_host_array", "namespace", "register", "registered", "to_numpy"]
+__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError",
+           "NumpyBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
+           "describe_array", "get_backend", "is_host_array", "namespace", "on_device", "register",
+           "registered", "to_numpy"]

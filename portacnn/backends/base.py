@@ -12,19 +12,26 @@ the library classes in this package (:mod:`.numpy`, :mod:`.cupy`, :mod:`.torch`,
 from __future__ import annotations
 
 import contextlib
+import functools
+import tracemalloc
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 import numpy as np  # host side only: random draws and host copies, never kernels
 
-__all__ = ["Backend", "DeviceError", "PortableRNG", "namespace", "to_numpy", "is_host_array",
-           "describe_array", "library_name"]
+__all__ = ["Backend", "DeviceError", "NoDeviceError", "MemoryPeak", "PortableRNG", "namespace",
+           "on_device", "to_numpy", "is_host_array", "describe_array", "library_name"]
 
 
 class DeviceError(RuntimeError):
     """A device was asked for that cannot be used here (unknown name, missing library, no GPU,
     a GPU whose libraries or driver do not work)."""
+
+
+class NoDeviceError(DeviceError):
+    """The machine has no such device at all (no GPU, no NVIDIA driver): nothing to fix in
+    portacnn's installation."""
 
 
 class PortableRNG:
@@ -76,6 +83,18 @@ class Backend:
         infer_chunk: most images one inference forward pass takes at once, or None.
         host_sync_is_free: True where reading a scalar back (``float(x)``) does not stall a
             device queue, so progress can show running figures.
+        device_data_limit: most bytes of data (inputs in the working dtype plus labels) that
+            ``fit`` / ``evaluate`` / ``predict`` move to the device whole, once, instead of
+            batch by batch; batches are then gathered on the device (``xp.take``), and a
+            shuffled epoch holds as many bytes again. None (or 0) where host arrays are the
+            device's arrays (the CPU) or moving per batch is the better choice.
+        accelerator: True when arrays live off the host (a GPU): CPU thread counts do not
+            change the device's speed, and timings need :meth:`synchronize`.
+        fuse_updates: True to update all parameters with one set of operations over flat
+            arrays (:mod:`portacnn.optim`): a few kernel launches instead of a few per
+            parameter. False on the CPU, where each parameter's update stays in cache.
+        host_memory_traced: True where arrays are NumPy buffers, which ``tracemalloc`` sees
+            (:meth:`memory_peak`).
     """
 
     library: str | None = None      # the module a registered subclass serves
@@ -84,6 +103,10 @@ class Backend:
     train_chunk: int | None = None
     infer_chunk: int | None = None
     host_sync_is_free = False
+    device_data_limit: int | None = None
+    accelerator = False
+    fuse_updates = True
+    host_memory_traced = False
 
     def __init__(self, xp: ModuleType, device: Any = None, native: ModuleType | None = None,
                  name: str | None = None):
@@ -187,6 +210,20 @@ class Backend:
     def synchronize(self) -> None:
         """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""
 
+    def memory_peak(self) -> "MemoryPeak":
+        """Context manager measuring the peak of the memory allocated inside it, above the
+        level at its start: ``with backend.memory_peak() as peak: ...; peak.bytes`` (None where
+        this backend cannot tell). Backends whose arrays are NumPy buffers
+        (``host_memory_traced``) trace host allocations with ``tracemalloc``; GPU backends count
+        their device memory."""
+        return MemoryPeak(_TracedPeak() if self.host_memory_traced else _UnknownPeak())
+
+    def device_info(self) -> dict:
+        """What a benchmark report names the device by: the library and its version, the
+        device; GPU backends add its name, the driver and runtime versions and its memory."""
+        version = getattr(self.native, "__version__", None) if self.native else None
+        return {"library": self.name, "library_version": version, "device": str(self.device)}
+
     def limit_threads(self, threads: int | None):
         """Context manager capping the CPU threads of the BLAS libraries loaded in this process
         (threadpoolctl); ``None`` leaves them alone. Subclasses add their library's own pools."""
@@ -204,6 +241,62 @@ class Backend:
         from threadpoolctl import threadpool_info
 
         return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+
+
+class MemoryPeak:
+    """The peak memory of a ``with`` block, in bytes (``.bytes``; None if unknown), from a probe
+    with ``start()`` and ``stop() -> int | None`` (see :meth:`Backend.memory_peak`)."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.bytes: int | None = None
+
+    def __enter__(self) -> "MemoryPeak":
+        self.probe.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bytes = self.probe.stop()
+
+
+class _TracedPeak:
+    # Peak of Python-traced host allocations (NumPy reports its buffers to tracemalloc).
+    def start(self):
+        self._was_tracing = tracemalloc.is_tracing()
+        if not self._was_tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        self._base = tracemalloc.get_traced_memory()[0]
+
+    def stop(self):
+        peak = tracemalloc.get_traced_memory()[1]
+        if not self._was_tracing:
+            tracemalloc.stop()
+        return peak - self._base
+
+
+class _UnknownPeak:
+    def start(self):
+        pass
+
+    def stop(self):
+        return None
+
+
+def on_device(method):
+    """Decorator: run ``method(obj, ...)`` with ``obj.backend``'s device current
+    (:meth:`Backend.activate`), so that everything it allocates or launches lands on that
+    device. ``obj.backend`` may be None (an unbuilt layer): then nothing is activated."""
+
+    @functools.wraps(method)
+    def run(obj, *args, **kwargs):
+        backend = obj.backend
+        if backend is None:
+            return method(obj, *args, **kwargs)
+        with backend.activate():
+            return method(obj, *args, **kwargs)
+
+    return run
 
 
 def library_name(xp) -> str:

@@ -27,6 +27,8 @@ class NumpyBackend(Backend):
     train_chunk = 32
     infer_chunk = 128
     host_sync_is_free = True
+    fuse_updates = False
+    host_memory_traced = True
 
     @classmethod
     def parse(cls, key: str):

@@ -19,6 +19,7 @@ class StrictBackend(Backend):
     library = "array_api_strict"
     aliases = ()
     host_sync_is_free = True
+    host_memory_traced = True
 
     @classmethod
     def parse(cls, key: str):

@@ -7,7 +7,7 @@ import contextlib
 
 import array_api_compat
 
-from .base import Backend
+from .base import Backend, MemoryPeak
 from .registry import _import, register
 
 __all__ = ["TorchBackend"]
@@ -33,6 +33,8 @@ class TorchBackend(Backend):
     def __init__(self, xp, device, native):
         super().__init__(xp, device, native)
         self.host_sync_is_free = device.type == "cpu"
+        self.accelerator = device.type != "cpu"
+        self.device_data_limit = 2**30 if self.accelerator else None
 
     def for_local_rank(self, local_rank: int) -> "TorchBackend":
         if self.device.type != "cuda":
@@ -42,6 +44,11 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.native.cuda.synchronize(self.device)
+
+    def memory_peak(self) -> MemoryPeak:
+        """Peak bytes allocated on a CUDA device inside the block (torch's allocator
+        statistics); None on the CPU, whose allocations torch does not report."""
+        return MemoryPeak(_TorchPeak(self.native, self.device))
 
     def limit_threads(self, threads):
         blas = super().limit_threads(threads)
@@ -56,3 +63,20 @@ class TorchBackend(Backend):
 
     def thread_info(self) -> dict:
         return {**super().thread_info(), "torch": self.native.get_num_threads()}
+
+
+class _TorchPeak:
+    def __init__(self, torch, device):
+        self.torch, self.device = torch, device
+
+    def start(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = self.torch.cuda.memory_allocated(self.device)
+
+    def stop(self):
+        if self.device.type != "cuda":
+            return None
+        self.torch.cuda.synchronize(self.device)
+        return self.torch.cuda.max_memory_allocated(self.device) - self.base

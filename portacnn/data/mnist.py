@@ -8,6 +8,8 @@ float ``(N, 1, 28, 28)`` a model takes.
 from __future__ import annotations
 
 import os
+import re
+import textwrap
 from importlib import resources
 from pathlib import Path
 
@@ -66,8 +68,11 @@ def load_mnist(path=None, *, download: bool = False, cache_dir=None):
     Args:
         path: a directory holding the four standard IDX files (raw or gzipped). ``None`` with
             ``download=False`` returns the bundled sample (:func:`load_sample`).
-        download: fetch the full data set into ``cache_dir`` first (needs ``portacnn[data]``).
-        cache_dir: where downloads go: ``$PORTACNN_DATA`` or ``~/.cache/portacnn`` by default.
+        download: fetch the full data set first (needs ``portacnn[data]``) into ``path``, or
+            ``cache_dir`` when ``path`` is None: the files land in that directory itself, so
+            ``load_mnist(path)`` reads them later without ``download``.
+        cache_dir: where downloads go when ``path`` is None (default
+            ``$PORTACNN_DATA/mnist`` or ``~/.cache/portacnn/mnist``).
 
     Raises:
         DataError: the directory or a file is missing; IdxError: a file is damaged.
@@ -96,9 +101,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PORTACNN_DATA") or Path.home() / ".cache" / "portacnn")
 
 
-def download_mnist(cache_dir=None, *, mirrors=MNIST_MIRRORS, files=None, progress: bool = True,
+def download_mnist(directory=None, *, mirrors=MNIST_MIRRORS, files=None, progress: bool = True,
                    timeout: float = 30.0) -> Path:
-    """Download the MNIST files into ``cache_dir/mnist`` (once) and return that directory.
+    """Download the MNIST files into ``directory`` (once) and return it; the default is
+    ``default_cache_dir() / "mnist"``. It is the layout :func:`load_mnist` reads: the four
+    files in the directory itself.
 
     Each file is fetched with pooch from the first mirror that serves it with the expected
     SHA-256; pooch writes to a temporary file and renames it only after the hash matched, so an
@@ -106,18 +113,26 @@ def download_mnist(cache_dir=None, *, mirrors=MNIST_MIRRORS, files=None, progres
     the cache with the right hash are not fetched again.
 
     Raises:
-        DataError: pooch is missing (``pip install "portacnn[data]"``) or no mirror served a
-            file with the right hash; the message lists what each mirror answered.
+        DataError: pooch is missing (``pip install "portacnn[data]"``), no mirror could be
+            reached (the message names the files to fetch by other means and ``--data``), or
+            no mirror served a file with the right hash; the message says what each mirror
+            answered. A directory this call created is removed again if it stayed empty.
     """
     try:
         import pooch
+        import requests
     except ImportError:
         raise DataError('downloading MNIST needs pooch: pip install "portacnn[data]"') from None
     files = dict(MNIST_FILES if files is None else files)
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = target / "mnist"
+    target = Path(directory) if directory is not None else default_cache_dir() / "mnist"
+    created = target                   # the outermost folder this call may create
+    while not created.parent.exists():
+        created = created.parent
+    if created.exists():
+        created = None
+    unreachable = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     for name, sha in files.items():
-        failures = []
+        failures, offline = [], True
         for mirror in mirrors:
             try:
                 pooch.retrieve(mirror.rstrip("/") + "/" + name, known_hash=f"sha256:{sha}",
@@ -126,11 +141,48 @@ def download_mnist(cache_dir=None, *, mirrors=MNIST_MIRRORS, files=None, progres
                                                                timeout=timeout))
                 break
             except Exception as exc:   # network errors, HTTP errors, hash mismatch: next mirror
-                failures.append(f"{mirror}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                failures.append(f"{mirror} ({_reason(exc, isinstance(exc, unreachable))})")
+                offline = offline and isinstance(exc, unreachable)
         else:
-            raise DataError(f"could not download {name} with SHA-256 {sha[:12]}...:\n  "
-                            + "\n  ".join(failures))
+            _remove_if_empty(target, created)
+            if offline:
+                raise DataError(
+                    f"cannot download MNIST: the network is unreachable ({'; '.join(failures)}). "
+                    f"Fetch {', '.join(files)} from {mirrors[0]} on a machine that is online, "
+                    "put them in one directory and pass it with --data DIR (load_mnist(DIR) in "
+                    "Python); or leave out --download to train on the bundled 4,000-digit "
+                    "sample")
+            raise DataError(f"could not download {name} with SHA-256 {sha[:12]}... from any "
+                            f"mirror: {'; '.join(failures)}")
     return target
+
+
+def _reason(exc: Exception, unreachable: bool) -> str:
+    """A short reason for a failed download: the socket error of a connection failure (not
+    the whole urllib3 retry story), otherwise the first line of the message, shortened at a
+    word boundary."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if unreachable and errno:
+        return f"cannot connect: {errno.group(1).strip()}"
+    first = text.splitlines()[0] if text else ""
+    return textwrap.shorten(f"{type(exc).__name__}: {first}", 160, placeholder=" ...")
+
+
+def _remove_if_empty(target: Path, created: Path | None) -> None:
+    """Remove ``target`` and its parents up to ``created`` (the first folder a download made)
+    while they are empty, so a failed download leaves no empty cache directory."""
+    if created is None:
+        return
+    folder = target
+    while True:
+        try:
+            folder.rmdir()             # only succeeds on an empty folder
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = folder.parent
 
 
 def normalize(images, mean: float = MEAN, std: float = STD, dtype="float32") -> np.ndarray:

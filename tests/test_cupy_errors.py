@@ -1,0 +1,234 @@
+"""The CuPy backend's errors, on a fake ``cupy`` module (no GPU needed).
+
+Each way a CUDA machine fails on its first run becomes a :class:`DeviceError` that names the
+versions found (CuPy, CUDA driver, CUDA runtime) and what to do: no NVIDIA driver, a driver
+older than CuPy's CUDA, no device, ``cuda:N`` beyond the devices present, NVRTC missing (the
+first elementwise op), cuBLAS missing (the first matrix product). The fake is inserted into
+``sys.modules`` for one test, so ``get_backend("gpu")`` imports it as it would the real one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from portacnn.backends import CupyBackend, DeviceError, NoDeviceError, get_backend
+from portacnn.backends.cupy import check_libraries, smoke_test
+
+from conftest import make_backend
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+class FakeArray:
+    """Just enough of a CuPy array for the smoke test, failing where asked."""
+
+    def __init__(self, a, fail_elementwise=None, fail_matmul=None):
+        self.a, self.fe, self.fm = np.asarray(a), fail_elementwise, fail_matmul
+
+    def _new(self, a):
+        return FakeArray(a, self.fe, self.fm)
+
+    def reshape(self, *shape):
+        return self._new(self.a.reshape(*shape))
+
+    @property
+    def T(self):
+        return self._new(self.a.T)
+
+    def __mul__(self, other):
+        if self.fe:
+            raise self.fe
+        return self._new(self.a * other)
+
+    def sum(self):
+        return self._new(self.a.sum())
+
+    def __matmul__(self, other):
+        if self.fm:
+            raise self.fm
+        return self._new(self.a @ other.a)
+
+    def __getitem__(self, key):
+        return self._new(self.a[key])
+
+    def __float__(self):
+        return float(self.a)
+
+
+def fake_cupy(count=1, driver=12040, runtime=12090, count_error=None, elementwise=None,
+              matmul=None):
+    """A module shaped like ``cupy`` for the smoke test: ``count`` devices, the given driver
+    and runtime versions (CUDA's integer form: 12040 is 12.4; a driver of 0 is none), and
+    optional exceptions for getDeviceCount, the first elementwise op and the first matmul."""
+    cupy = types.ModuleType("cupy")
+    cupy.__version__ = "14.2.0"
+    cupy.float32 = np.float32
+
+    def get_device_count():
+        if count_error is not None:
+            raise count_error
+        return count
+
+    class Device:
+        def __init__(self, index=0):
+            self.id = index
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+    runtime_mod = types.SimpleNamespace(
+        getDeviceCount=get_device_count, driverGetVersion=lambda: driver,
+        runtimeGetVersion=lambda: runtime,
+        getDeviceProperties=lambda i: {"name": b"Fake GPU", "major": 9, "minor": 0,
+                                       "totalGlobalMem": 80 * 2**30})
+    cupy.cuda = types.SimpleNamespace(runtime=runtime_mod, Device=Device,
+                                      nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)))
+    cupy.arange = lambda n, dtype=None: FakeArray(np.arange(n, dtype=dtype), elementwise, matmul)
+    return cupy
+
+
+INSUFFICIENT = CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
+                                "insufficient for CUDA runtime version")
+NO_NVRTC = RuntimeError('DynamicLibNotFoundError: Failure finding "libnvrtc.so.12": '
+                        'libnvrtc.so.12: cannot open shared object file')
+NO_CUBLAS = ImportError("libcublasLt.so.12: cannot open shared object file: No such file or "
+                        "directory")
+
+
+@pytest.fixture
+def install_fake(monkeypatch):
+    def install(**kwargs):
+        cupy = fake_cupy(**kwargs)
+        monkeypatch.setitem(sys.modules, "cupy", cupy)
+        return cupy
+
+    return install
+
+
+@pytest.mark.parametrize("spec,kwargs,expected", [
+    ("gpu", dict(elementwise=NO_NVRTC),
+     [r"NVRTC \(CuPy's kernel compiler\) is missing", r'pip install "portacnn\[gpu\]"',
+      "libnvrtc.so.12"]),
+    ("gpu", dict(runtime=13000, elementwise=NO_NVRTC),
+     ["NVRTC", r'pip install "portacnn\[gpu-cuda13\]"']),
+    ("gpu", dict(matmul=NO_CUBLAS),
+     ["cuBLAS is missing", r'pip install "portacnn\[gpu\]"', "libcublasLt"]),
+    ("gpu", dict(driver=12020, runtime=13000, count_error=INSUFFICIENT),
+     ["cudaErrorInsufficientDriver", r"driver \(CUDA 12.2\) is older than this CuPy's CUDA "
+      r"runtime \(13.0\)", "update the driver", r'pip install "portacnn\[gpu\]"']),
+    ("gpu", dict(driver=0, count_error=INSUFFICIENT),
+     ["no usable CUDA device", "no NVIDIA driver is installed", "device='cpu'"]),
+    ("gpu", dict(count=0), ["found no CUDA device", "CUDA_VISIBLE_DEVICES", "device='cpu'"]),
+    ("cuda:5", dict(count=2),
+     ["cuda:5 does not exist", "2 CUDA device", "use cuda:0 to cuda:1"]),
+], ids=["no-nvrtc", "no-nvrtc-cuda13", "no-cublas", "old-driver", "no-driver", "no-device",
+        "cuda-n-out-of-range"])
+def test_each_failure_is_a_device_error_with_the_versions_and_the_fix(install_fake, spec,
+                                                                      kwargs, expected):
+    install_fake(**kwargs)
+    with pytest.raises(DeviceError) as info:
+        get_backend(spec)
+    message = str(info.value)
+    assert "CuPy 14.2.0" in message and "CUDA driver" in message and "CUDA runtime" in message
+    for pattern in expected:
+        assert re.search(pattern, message), (pattern, message)
+
+
+@pytest.mark.parametrize("kwargs", [dict(driver=0, count_error=INSUFFICIENT), dict(count=0)],
+                         ids=["no-driver", "no-device"])
+def test_no_gpu_at_all_is_told_apart_from_a_broken_one(install_fake, kwargs):
+    install_fake(**kwargs)
+    with pytest.raises(NoDeviceError):
+        get_backend("gpu")
+    install_fake(elementwise=NO_NVRTC)
+    with pytest.raises(DeviceError) as info:
+        get_backend("gpu")
+    assert not isinstance(info.value, NoDeviceError)
+
+
+def test_library_check_needs_no_gpu_and_names_what_is_missing(install_fake, monkeypatch):
+    cupy = install_fake(driver=0)
+
+    def no_nvrtc():
+        raise NO_NVRTC
+
+    cupy.cuda.nvrtc.getVersion = no_nvrtc
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs", None)   # importing fails
+    rows = {row["library"]: row for row in check_libraries()}
+    assert rows["CuPy"]["ok"] and rows["CUDA runtime"]["ok"]
+    assert not rows["NVRTC"]["ok"] and "libnvrtc.so.12" in rows["NVRTC"]["detail"]
+    assert 'pip install "portacnn[gpu]"' in rows["NVRTC"]["detail"]
+    assert not rows["cuBLAS"]["ok"] and 'pip install "portacnn[gpu]"' in rows["cuBLAS"]["detail"]
+    driver = rows["NVIDIA driver"]
+    assert driver["ok"] is None and "none installed" in driver["detail"]
+
+
+def test_library_check_without_cupy_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)          # importing cupy fails
+    [row] = check_libraries()
+    assert row["library"] == "CuPy" and not row["ok"] and "portacnn[gpu]" in row["detail"]
+
+
+def test_a_working_device_passes_the_smoke_test():
+    smoke_test(fake_cupy(count=2), 1)
+
+
+def test_the_test_suite_skips_cupy_with_the_smoke_tests_reason(install_fake):
+    install_fake(elementwise=NO_NVRTC)
+    with pytest.raises(pytest.skip.Exception, match="NVRTC .* is missing"):
+        make_backend("cupy")
+
+
+def _backend_on(cupy, index=0):
+    """A CupyBackend over a fake module, without running create (no real namespace)."""
+    be = object.__new__(CupyBackend)
+    be.native, be.device, be.name = cupy, cupy.cuda.Device(index), "cupy"
+    return be
+
+
+def test_device_info_names_the_gpu_driver_runtime_and_cupy():
+    info = _backend_on(fake_cupy(driver=12040, runtime=12090), 1).device_info()
+    assert info["gpu"] == "Fake GPU" and info["compute_capability"] == "9.0"
+    assert (info["cupy"], info["cuda_driver"], info["cuda_runtime"], info["nvrtc"]) == (
+        "14.2.0", "12.4", "12.9", "12.9")
+    assert info["cuda_device"] == 1 and info["memory_gib"] == 80.0
+
+
+def test_memory_peak_is_the_pools_highest_use_not_its_size_after():
+    cupy = fake_cupy()
+
+    class Pool:
+        used = 1000
+
+        def used_bytes(self):
+            return self.used
+
+        def malloc(self, size):
+            self.used += size
+            return size
+
+    pool = Pool()
+    cupy.get_default_memory_pool = lambda: pool
+    allocator = {"fn": pool.malloc}
+    cupy.cuda.get_allocator = lambda: allocator["fn"]
+    cupy.cuda.set_allocator = lambda fn: allocator.update(fn=fn)
+    be = _backend_on(cupy)
+    with be.memory_peak() as peak:
+        allocator["fn"](300)            # CuPy calls the allocator for each new array
+        pool.used -= 300                # ... and frees it
+        allocator["fn"](100)
+    assert peak.bytes == 300
+    assert allocator["fn"] == pool.malloc      # the allocator is restored

@@ -1,0 +1,118 @@
+"""Property tests: Hypothesis draws random geometries (batch, channels, size, kernel, stride,
+padding, padding mode) and every windowed kernel, portable and CPU override, must agree with the
+naive loops of :mod:`portacnn.reference` in float64 on NumPy.
+
+Geometries the kernels refuse are skipped with ``assume``: a kernel larger than the padded
+input, and pooling padding wider than half the kernel. Hypothesis shrinks a failure to the
+smallest geometry that shows it.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from portacnn import kernels as K
+from portacnn import reference as R
+from portacnn.kernels import cpu
+from portacnn.kernels.conv import ConvCache
+
+from conftest import assert_close
+
+PROPERTY = settings(max_examples=40, deadline=None)
+
+paddings = st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                     st.sampled_from(["same", "valid"]))
+
+
+@st.composite
+def geometries(draw, pooling=False):
+    """(input shape, (kh, kw), (sh, sw), padding, padding mode, seed), checked with the loops'
+    own padding arithmetic (:func:`portacnn.reference.pads`)."""
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 9)),
+             draw(st.integers(1, 9)))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(paddings)
+    mode = draw(st.sampled_from(["zeros", "replicate"]))
+    per_axis = (padding, padding) if isinstance(padding, (int, str)) else padding
+    for size, k, s, p in zip(shape[2:], kernel, stride, per_axis):
+        before, after = R.pads(size, k, s, p)
+        assume(k <= size + before + after)
+        if pooling:
+            assume(max(before, after) <= k // 2)
+    return shape, kernel, stride, padding, mode, draw(st.integers(0, 2**32 - 1))
+
+
+def _conv_routes():
+    """The portable kernels and the CPU override on each of its two routes:
+    (name, forward, backward, expected cache type or None)."""
+    yield "portable", K.conv2d_forward, K.conv2d_backward, None
+    for short_row, cache_type in ((0, ConvCache), (10**6, cpu.RowBlockCache)):
+        def forward(*args, short_row=short_row, **kwargs):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(cpu, "SHORT_ROW", short_row)
+                return cpu.conv2d_forward(*args, **kwargs)
+        yield cache_type.__name__, forward, cpu.conv2d_backward, cache_type
+
+
+@PROPERTY
+@given(geometries())
+def test_conv_portable_and_overrides_match_loops(geo):
+    shape, kernel, stride, padding, mode, seed = geo
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
+    w = rng.normal(size=(2, shape[1]) + kernel)
+    b = rng.normal(size=2)
+    y_ref = R.conv2d(x, w, b, stride, padding, mode)
+    dy = rng.normal(size=y_ref.shape)
+    grads_ref = R.conv2d_backward(dy, x, w, stride, padding, mode)
+    for name, forward, backward, cache_type in _conv_routes():
+        y, cache = forward(x, w, b, stride, padding, mode)
+        if cache_type is not None:
+            assert type(cache) is cache_type, name
+        assert_close(y, y_ref)
+        fast, nothing = forward(x, w, b, stride, padding, mode, inference=True)
+        assert nothing is None
+        assert_close(fast, y_ref)
+        for got, want in zip(backward(dy, w, cache), grads_ref):
+            assert_close(got, want)
+        no_dx, dw, db = backward(dy, w, cache, need_dx=False)
+        assert no_dx is None
+        assert_close(dw, grads_ref[1])
+        assert_close(db, grads_ref[2])
+
+
+@PROPERTY
+@given(geometries(pooling=True), st.sampled_from(["max", "min", "avg"]), st.booleans())
+def test_pooling_portable_and_overrides_match_loops(geo, kind, relu):
+    shape, kernel, stride, padding, mode, seed = geo
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
+    if relu:
+        x = np.maximum(x, 0.0)             # ties: the gradient goes to the first extreme only
+    y_ref = getattr(R, f"{kind}_pool2d")(x, kernel, stride, padding, mode)
+    dy = rng.normal(size=y_ref.shape)
+    dx_ref = getattr(R, f"{kind}_pool2d_backward")(dy, x, kernel, stride, padding, mode)
+    for kernels in (K, cpu):
+        forward = getattr(kernels, f"{kind}_pool2d_forward")
+        y, cache = forward(x, kernel, stride, padding, mode)
+        assert_close(y, y_ref)
+        fast, nothing = forward(x, kernel, stride, padding, mode, inference=True)
+        assert nothing is None
+        assert_close(fast, y_ref)
+        assert_close(getattr(kernels, f"{kind}_pool2d_backward")(dy, cache), dx_ref)
+
+
+@PROPERTY
+@given(geometries())
+def test_im2col_matches_loops_and_col2im_is_its_adjoint(geo):
+    shape, kernel, stride, padding, mode, seed = geo
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape)
+    cols = K.im2col(x, kernel, stride, padding, mode)
+    assert_close(cols, R.im2col(x, kernel, stride, padding, mode))
+    g = rng.normal(size=cols.shape)
+    lhs = float(np.sum(cols * g))
+    rhs = float(np.sum(x * K.col2im(g, shape, kernel, stride, padding, mode)))
+    assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
