@@ -1,4 +1,9 @@
-"""Command line: ``python -m portacnn train`` (also ``scripts/train.py``)."""
+"""Command line: ``python -m portacnn train`` (also ``scripts/train.py``).
+
+Under ``mpiexec -n N`` the same command trains data-parallel (:mod:`portacnn.distributed`): each
+process computes its shard of every batch, rank 0 prints and writes, and a failure on any
+process ends the job with a non-zero status.
+"""
 
 from __future__ import annotations
 
@@ -134,11 +139,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def train(args) -> int:
-    from . import data, models, optim
+    from . import data, distributed, models, optim
     from .allocator import keep_freed_memory
     from .backends import get_backend
 
-    backend = get_backend(args.device)
+    parallel = distributed.launched_by_mpi()        # mpiexec -n N: data parallel over N processes
+    if parallel:
+        distributed.abort_on_error()
+        distributed.silence_unless_root()
+    backend = distributed.rank_device(args.device) if parallel else get_backend(args.device)
     threads = _threads(args.threads)
     keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
     if args.plots is not None:
@@ -149,14 +158,22 @@ def train(args) -> int:
     if args.data is not None and not args.download and not args.data.is_dir():
         raise data.DataError(f"--data {args.data}: no such directory (add --download to fetch "
                              "MNIST there)")
-    directory = (data.download_mnist(args.data, progress=sys.stderr.isatty()) if args.download
-                 else args.data)
+    directory = args.data
+    if args.download:
+        def download():
+            return data.download_mnist(args.data, progress=sys.stderr.isatty())
+        # under mpiexec rank 0 downloads; the others then find the files in place
+        directory = distributed.root_first(download) if parallel else download()
     (x_train, y_train), (x_test, y_test) = data.load_mnist(directory)
     source = "bundled MNIST sample" if directory is None else f"MNIST in {directory}"
     print(f"device: {args.device or 'default'} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
     model = models.MODELS[args.model](device=backend, dtype=args.dtype, seed=args.seed)
     model.summary()
+    runner = distributed.DataParallel(model) if parallel else model
+    if parallel:
+        print(f"data parallel: {runner.size} processes (MPI), each computing 1/{runner.size} of "
+              f"every batch")
     lr = args.lr or DEFAULT_LR[args.optimizer]
     opt = optim.SGD(lr, momentum=0.9) if args.optimizer == "sgd" else optim.get_optimizer(
         args.optimizer, lr=lr)
@@ -165,18 +182,18 @@ def train(args) -> int:
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
-        history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                            optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
-                            verbose=2 if args.quiet else 1)
+        history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                             optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
+                             verbose=2 if args.quiet else 1)
         total = time.perf_counter() - t0
-        loss, acc = model.evaluate(x_test, y_test)
+        loss, acc = runner.evaluate(x_test, y_test)
     train_s = sum(history["seconds"])
     print(f"test accuracy {acc:.4f} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"training {train_s:.1f} s ({total:.1f} s with validation)")
     if args.save is not None:
-        model.save(args.save)
+        runner.save(args.save)
         print(f"saved {args.save}")
-    if args.plots is not None:
+    if args.plots is not None and (not parallel or runner.is_root):
         write_plots(args.plots, model, history, x_test, y_test)
     return 0
 
@@ -207,6 +224,7 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError, IdxError
     from .backends import DeviceError
+    from .distributed import DistributedError, abort, launched_by_mpi
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -225,11 +243,14 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning          # "warning: ...", one line
-            return train(args)
+            status = train(args)
     except (DeviceError, DataError, IdxError, CheckpointError, FileNotFoundError,
-            PlotError, FloatingPointError) as exc:
+            PlotError, FloatingPointError, DistributedError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    if status and launched_by_mpi():
+        abort(status)             # the other processes would wait for this one forever
+    return status

@@ -717,6 +717,19 @@ class Dropout(Layer):
     def _build(self, input_shape, rng):
         self._rng = rng
 
+    @property
+    def rng(self):
+        """The generator the masks are drawn from: the model's :class:`PortableRNG`, or the
+        layer's own when it has a ``seed`` (anything with ``bernoulli(shape, keep, dtype)``
+        may replace it: :mod:`portacnn.distributed` does, to draw whole-batch masks)."""
+        if self._rng is None:
+            self._rng = self.backend.rng(self.seed)
+        return self._rng
+
+    @rng.setter
+    def rng(self, rng):
+        self._rng = rng
+
     def to(self, device, dtype: str | None = None) -> "Dropout":
         super().to(device, dtype)
         if self._rng is not None and self.built:
@@ -727,9 +740,7 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self._cache = "identity"
             return x
-        if self._rng is None:
-            self._rng = self.backend.rng(self.seed)
-        mask = self._rng.bernoulli(tuple(x.shape), 1.0 - self.p, dtype=x.dtype)
+        mask = self.rng.bernoulli(tuple(x.shape), 1.0 - self.p, dtype=x.dtype)
         self._cache = mask
         return K.dropout_forward(x, mask, self.p)
 

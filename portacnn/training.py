@@ -19,6 +19,11 @@ On backends with a ``train_chunk`` (the CPU), a training batch runs as chunks of
 many images whose gradients are summed before the one update: the same step up to float
 rounding, with each chunk's working set in cache. Models whose layers couple the samples of a
 batch or draw random numbers (batch norm, dropout) always run the batch whole.
+
+``fit``, ``evaluate`` and ``predict`` take ``replicas``: where the work of a batch is done. The
+default, :data:`ONE_PROCESS`, is this process alone. :class:`portacnn.distributed.DataParallel`
+passes itself: each process then computes its shard of every batch and the shards' gradients
+and sums are added up across processes (see :class:`OneProcess` for the four methods).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from . import kernels as K
 from .backends import describe_array, is_host_array, namespace, on_device
 from .optim import SGD, get_optimizer
 
-__all__ = ["LOSSES", "History", "train_step", "fit", "evaluate", "predict"]
+__all__ = ["LOSSES", "History", "OneProcess", "ONE_PROCESS", "train_step", "accumulate_gradients",
+           "fit", "evaluate", "predict"]
 
 LOSSES = {"cross_entropy": K.softmax_cross_entropy, "mse": K.mse}
 
@@ -66,45 +72,97 @@ class History:
         return f"History(epochs={self.epochs}, keys={list(self.history)})"
 
 
+# --- where a batch is computed ---------------------------------------------------------------
+class OneProcess:
+    """The whole of every batch computed in this process: what ``fit`` / ``evaluate`` /
+    ``predict`` do by default. :class:`portacnn.distributed.DataParallel` implements the same
+    four methods across processes."""
+
+    is_root = True                 # this process prints
+
+    def shard(self, start: int, stop: int) -> tuple[int, int]:
+        """The rows of the batch ``[start, stop)`` this process computes: all of them."""
+        return start, stop
+
+    def sum_gradients(self, parameters) -> None:
+        """Add the other processes' shares of the batch gradient into each ``p.grad``: none."""
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the processes: the values themselves."""
+        return list(values)
+
+    def gather(self, part):
+        """The outputs of every process's shard, in row order: this process's."""
+        return part
+
+
+ONE_PROCESS = OneProcess()
+
+
 # --- one step ------------------------------------------------------------------------------
 @on_device
-def train_step(model, x, y, optimizer):
-    """One forward, backward and update on a device batch ``x`` (N, *input_shape) with targets
-    ``y``. Returns ``(loss, logits)`` as device arrays (no host synchronisation)."""
+def train_step(model, x, y, optimizer, *, batch_rows: int | None = None,
+               sum_gradients=None):
+    """One forward, backward and update on a device batch ``x`` (n, *input_shape) with targets
+    ``y``. Returns ``(loss, logits)`` as device arrays (no host synchronisation).
+
+    With data parallelism ``x`` is one shard of a batch of ``batch_rows`` rows and
+    ``sum_gradients(parameters)`` adds the other shards' gradients before the update (see
+    :func:`accumulate_gradients`); ``loss`` is then this shard's share of the batch loss.
+    """
     model.check_input(x)
-    loss_fn = LOSSES[model.loss_name]
-    n = x.shape[0]
-    chunk = model.backend.train_chunk
-    if chunk is None or n <= chunk or not all(l.samples_independent for l in model.layers):
-        logits = model.forward(x)
-        loss, dlogits = loss_fn(logits, y)
-        model.backward(dlogits)
-    else:
-        loss, logits = _chunked(model, loss_fn, x, y, -(-n // chunk))
-    optimizer.step(model.parameters())
+    loss, logits = accumulate_gradients(model, x, y, batch_rows)
+    params = model.parameters()
+    if sum_gradients is not None:
+        sum_gradients(params)
+    optimizer.step(params)
     return loss, logits
 
 
-def _chunked(model, loss_fn, x, y, pieces: int):
-    """Forward/backward in ``pieces`` near-equal chunks; each chunk's loss (a mean over its
-    rows) is weighted by ``rows / n``, so the summed gradients and loss are the whole batch's."""
+def accumulate_gradients(model, x, y, batch_rows: int | None = None):
+    """Forward and backward of ``x`` (n, *input_shape), part of a batch of ``batch_rows`` rows
+    (default n: the whole batch). Leaves in each parameter's ``grad`` this part's share of the
+    gradient of the batch's mean loss: the part's mean loss weighted by ``n / batch_rows``, so
+    the shares of the parts of a batch add up to the batch's gradient. Returns ``(loss, logits)``
+    with ``loss`` weighted alike (a 0-d device array) and logits (n, classes).
+
+    On backends with a ``train_chunk``, a part larger than it runs as chunks of near-equal size,
+    each weighted by ``chunk rows / batch_rows`` the same way (unless a layer couples the
+    samples). An empty part (a data-parallel shard of a batch smaller than the process count)
+    still runs forward and backward, so dropout draws stay in step, and contributes zeros.
+    """
+    loss_fn = LOSSES[model.loss_name]
     xp = model.backend.xp
     n = x.shape[0]
+    total = n if batch_rows is None else batch_rows
+    chunk = model.backend.train_chunk
+    pieces = 1
+    if chunk is not None and n > chunk and all(l.samples_independent for l in model.layers):
+        pieces = -(-n // chunk)
     bounds = [n * i // pieces for i in range(pieces + 1)]
-    params = model.parameters()
+    params = model.parameters() if pieces > 1 else None
     totals, loss, outs = None, None, []
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        logits = model.forward(x[start:stop, ...])
-        part, dlogits = loss_fn(logits, y[start:stop, ...])
-        weight = (stop - start) / n
-        model.backward(dlogits * weight)
-        grads = [p.grad for p in params]
-        totals = grads if totals is None else [t + g for t, g in zip(totals, grads)]
-        loss = part * weight if loss is None else loss + part * weight
+        part = x if pieces == 1 else x[start:stop, ...]
+        logits = model.forward(part)
+        if stop > start:
+            part_loss, dlogits = loss_fn(logits, y if pieces == 1 else y[start:stop, ...])
+            weight = (stop - start) / total
+            if weight != 1.0:
+                part_loss, dlogits = part_loss * weight, dlogits * weight
+        else:                       # the mean over no rows is undefined: no loss, no gradient
+            part_loss = xp.zeros((), dtype=logits.dtype, device=model.backend.device)
+            dlogits = xp.zeros_like(logits)
+        model.backward(dlogits)
+        if pieces > 1:
+            grads = [p.grad for p in params]
+            totals = grads if totals is None else [t + g for t, g in zip(totals, grads)]
+        loss = part_loss if loss is None else loss + part_loss
         outs.append(logits)
-    for p, total in zip(params, totals):
-        p.grad = total
-    return loss, xp.concat(outs, axis=0)
+    if pieces > 1:
+        for p, summed in zip(params, totals):
+            p.grad = summed
+    return loss, outs[0] if pieces == 1 else xp.concat(outs, axis=0)
 
 
 # --- data plumbing -------------------------------------------------------------------------
@@ -262,8 +320,10 @@ def _positive_int(value, name):
 @on_device
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
-        seed: int | None = 0, verbose: int = 1, file=None) -> History:
-    """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`."""
+        seed: int | None = 0, verbose: int = 1, file=None,
+        replicas: OneProcess = ONE_PROCESS) -> History:
+    """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
+    ``replicas``: where each batch is computed (see the module's docstring)."""
     _positive_int(epochs, "epochs")
     _positive_int(batch_size, "batch_size")
     _check_data(model, x, y)
@@ -285,6 +345,8 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     if optimizer is None:     # keep the model's (from load or an earlier fit), else plain SGD
         optimizer = model.optimizer if model.optimizer is not None else SGD(0.01)
     model.optimizer = optimizer = get_optimizer(optimizer)
+    if not replicas.is_root:
+        verbose = 0                             # one process prints
     backend = model.backend
     xp = backend.xp
     rng = backend.rng(seed)
@@ -300,15 +362,19 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         epoch_x, epoch_y, order = _epoch_data(model, x, y, order)
         total_loss = xp.zeros((), dtype=dtype, device=backend.device)
         total_hits = xp.zeros((), dtype=dtype, device=backend.device)
+        seen = 0                                # rows computed here (all, in one process)
         progress = _Progress(steps, f"epoch {epoch}/{epochs}", file) if verbose == 1 else None
         diverged = _Divergence(epoch, epochs, optimizer, batch_size, progress)
         t0 = time.perf_counter()
         with backend.activate():
             for i, start in enumerate(range(0, n, batch_size)):
                 stop = min(start + batch_size, n)
-                xb = _batch(model, epoch_x, start, stop, order, model.dtype_name)
-                yb = _batch(model, epoch_y, start, stop, order)
-                loss, logits = train_step(model, xb, yb, optimizer)
+                lo, hi = replicas.shard(start, stop)
+                xb = _batch(model, epoch_x, lo, hi, order, model.dtype_name)
+                yb = _batch(model, epoch_y, lo, hi, order)
+                loss, logits = train_step(model, xb, yb, optimizer, batch_rows=stop - start,
+                                          sum_gradients=replicas.sum_gradients)
+                seen += hi - lo
                 total_loss = total_loss + loss * (stop - start)
                 hits = _hits(model, logits, yb)
                 if hits is not None:
@@ -317,21 +383,24 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
                     # Reading a scalar stalls a GPU: show running figures only where it is free.
                     figures = ""
                     if backend.host_sync_is_free:
-                        running = float(total_loss) / stop
+                        running = float(total_loss) / max(seen, 1)
                         diverged.check(running)
                         figures = f"loss {running:.4f}" + (
-                            f", accuracy {float(total_hits) / stop:.4f}" if accuracy else "")
+                            f", accuracy {float(total_hits) / max(seen, 1):.4f}"
+                            if accuracy else "")
                     progress.show(i, figures)
             backend.synchronize()
         seconds = time.perf_counter() - t0
-        epoch_loss = float(total_loss) / n          # one device->host read per epoch
+        # one device->host read per epoch
+        loss_sum, hits_sum = replicas.sum([float(total_loss), float(total_hits)])
+        epoch_loss = loss_sum / n
         diverged.check(epoch_loss)
-        epoch_acc = float(total_hits) / n if accuracy else None
+        epoch_acc = hits_sum / n if accuracy else None
         if progress is not None:
             progress.close()
         # A uniform guess scores ln(classes); three times that after an epoch is divergence.
         guess = math.log(max(model.output_shape[0], 2))
-        if accuracy and not warned and epoch_loss > 3 * guess:
+        if accuracy and not warned and epoch_loss > 3 * guess and replicas.is_root:
             warnings.warn(diverged.message(
                 f"training is diverging: the loss is {epoch_loss:.4g} after epoch "
                 f"{epoch}/{epochs}, far above the {guess:.2f} of a uniform guess"),
@@ -340,7 +409,7 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         val_loss = val_acc = None
         if validation_data is not None:
             val_loss, val_acc = _evaluate(model, *validation_data,
-                                          batch_size=max(batch_size, 256))
+                                          batch_size=max(batch_size, 256), replicas=replicas)
         history.append(loss=epoch_loss, accuracy=epoch_acc, val_loss=val_loss,
                        val_accuracy=val_acc, seconds=seconds, images_per_s=n / seconds)
         if verbose:
@@ -372,18 +441,19 @@ def _inference(model, x, batch_size: int) -> list:
 
 
 @on_device
-def evaluate(model, x, y, batch_size: int = 256):
-    """Mean loss and accuracy of ``model`` on ``(x, y)``; see :meth:`Sequential.evaluate`."""
+def evaluate(model, x, y, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS):
+    """Mean loss and accuracy of ``model`` on ``(x, y)``; see :meth:`Sequential.evaluate`.
+    With ``replicas`` each process evaluates its shard of the rows and the sums are added."""
     _check_data(model, x, y)
-    return _evaluate(model, *_device_data(model, x, y), batch_size)
+    return _evaluate(model, *_device_data(model, x, y), batch_size, replicas=replicas)
 
 
-def _evaluate(model, x, y, batch_size: int):
+def _evaluate(model, x, y, batch_size: int, *, replicas: OneProcess = ONE_PROCESS):
     """:func:`evaluate` on data already checked (and where it fits, on the device)."""
     loss_fn = LOSSES[model.loss_name]
     total_loss = total_hits = None
-    start = 0
-    for logits in _inference(model, x, batch_size):
+    start, end = replicas.shard(0, x.shape[0])
+    for logits in _inference(model, _rows(x, start, end), batch_size):
         stop = start + logits.shape[0]
         yb = _batch(model, y, start, stop)
         loss = loss_fn(logits, yb)[0] * logits.shape[0]
@@ -392,19 +462,33 @@ def _evaluate(model, x, y, batch_size: int):
         total_hits = hits if total_hits is None else total_hits + hits
         start = stop
     n = x.shape[0]
-    acc = float(total_hits) / n if model.loss_name == "cross_entropy" else None
-    return float(total_loss) / n, acc
+    loss_sum, hits_sum = replicas.sum([0.0 if t is None else float(t)
+                                       for t in (total_loss, total_hits)])
+    acc = hits_sum / n if model.loss_name == "cross_entropy" else None
+    return loss_sum / n, acc
 
 
 @on_device
-def predict(model, x, batch_size: int = 256):
-    """Class probabilities of ``model`` for ``x``; see :meth:`Sequential.predict`."""
+def predict(model, x, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS):
+    """Class probabilities of ``model`` for ``x``; see :meth:`Sequential.predict`. With
+    ``replicas`` each process predicts its shard of the rows and every process gets all."""
     _check_data(model, x, values=False)
     x, _ = _device_data(model, x)
-    outs = _inference(model, x, batch_size)
+    start, end = replicas.shard(0, x.shape[0])
+    outs = _inference(model, _rows(x, start, end), batch_size)
     if model.loss_name == "cross_entropy":
         outs = [K.softmax(out, axis=1) for out in outs]
-    return model.backend.xp.concat(outs, axis=0)
+    if not outs:                                # an empty shard
+        backend = model.backend
+        return replicas.gather(backend.xp.zeros((0, *model.output_shape),
+                                                dtype=backend.dtype(model.dtype_name),
+                                                device=backend.device))
+    return replicas.gather(model.backend.xp.concat(outs, axis=0))
+
+
+def _rows(arr, start, stop):
+    """Rows ``[start, stop)`` of ``arr``; ``arr`` itself when that is all of them."""
+    return arr if (start, stop) == (0, arr.shape[0]) else arr[start:stop, ...]
 
 
 class _Divergence:

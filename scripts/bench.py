@@ -4,6 +4,7 @@
     python scripts/bench.py --device cpu --compare-torch --compare-tutorial --json bench.json
     python scripts/bench.py --device gpu --compare-torch   # CuPy and PyTorch on one GPU
     python scripts/bench.py --quick                 # 6,000 images, fewer repeats
+    python scripts/bench.py --data-parallel 2 --compare-torch   # runs mpiexec -n 2 itself
 
 What it measures, at each thread count in ``--threads`` (every CPU pool capped alike: BLAS via
 threadpoolctl and ``torch.set_num_threads`` for PyTorch), with the backend's kernel overrides
@@ -31,6 +32,13 @@ On a GPU (``--device gpu`` / ``cuda:N``) PyTorch runs on the same CUDA device, b
 synchronised before every clock read, only the first of ``--threads`` is used (threads do not
 change a GPU's speed), and the header names the GPU, the driver, the CUDA runtime and CuPy.
 
+``--data-parallel N`` runs only the data-parallel section, in an ``mpiexec -n N`` job it starts
+itself: training epochs at the global batches ``--dp-batches`` for one process (1 and N BLAS
+threads), N processes of 1 thread (``portacnn.distributed.DataParallel``) and, with
+``--compare-torch``, PyTorch at N threads, A/B interleaved; the time of one gradient sum; and
+what a simple model (step = compute / processes + fixed cost + sum) predicts for 8 processes
+and for two nodes.
+
 The machine's speed drifts, so read ratios between peers measured in the same run, not the
 absolute seconds.
 """
@@ -54,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import portacnn  # noqa: E402
-from portacnn import AvgPool2D, Conv2D, Dense, Flatten, Sequential, Tanh  # noqa: E402
+from portacnn import AvgPool2D, Conv2D, Dense, Flatten, Sequential, Tanh, distributed  # noqa: E402
 from portacnn.allocator import keep_freed_memory  # noqa: E402
 from portacnn.data import load_sample, normalize  # noqa: E402
 from portacnn.models import lenet5  # noqa: E402
@@ -423,6 +431,224 @@ def memory_over_epochs(backend, args):
         tracemalloc.stop()
 
 
+# --- data parallel (MPI) --------------------------------------------------------------------
+# Links assumed for the two-node predictions: (bytes/s, latency in s) of typical MPI transports.
+NETWORKS = {"10 Gb/s Ethernet": (1.25e9, 50e-6), "100 Gb/s InfiniBand": (12.5e9, 2e-6)}
+REDUCTION_CALLS = 200
+
+
+def relaunch_under_mpiexec(processes, argv):
+    """Run this script again as ``mpiexec --bind-to none -n processes python bench.py ARGV``:
+    the data-parallel section runs inside that job. Open MPI binds each process to one core by
+    default, which would run the multi-threaded one-process peers on a single core. Returns the
+    job's exit status."""
+    import shutil
+    import subprocess
+
+    beside = Path(sys.executable).parent / "mpiexec"        # the virtual environment's MPI
+    mpiexec = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        print('--data-parallel needs mpiexec: pip install "portacnn[mpi]"', file=sys.stderr)
+        return 2
+    command = [mpiexec, "--bind-to", "none", "-n", str(processes), sys.executable,
+               str(Path(__file__).resolve()), *argv]
+    print("running:", " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def _run_timed(comm, fn, everyone):
+    """Seconds ``fn`` took on rank 0. ``everyone``: every rank runs it (from a barrier);
+    otherwise rank 0 runs it alone while the others sleep (polling a non-blocking barrier,
+    so they leave rank 0 the other cores instead of spinning in MPI)."""
+    seconds = None
+    if everyone:
+        comm.Barrier()
+    if everyone or comm.rank == 0:
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(0.002)
+    return comm.bcast(seconds, root=0)
+
+
+def _sum_seconds(dp, values, reduction):
+    """Median over 3 rounds of the time of one gradient sum of ``values`` float32 values
+    (REDUCTION_CALLS calls in lockstep a round)."""
+    flat = dp.model.backend.asarray(np.ones(values, dtype=np.float32))
+    dp.reduction = reduction
+    rounds = []
+    for _ in range(3):
+        dp.comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(REDUCTION_CALLS):
+            dp.allreduce(flat)
+        rounds.append((time.perf_counter() - t0) / REDUCTION_CALLS)
+    dp.reduction = "ordered"
+    return dp.comm.bcast(statistics.median(rounds), root=0)
+
+
+def data_parallel(backend, args, peer=None):
+    """Training epochs at each global batch in --dp-batches, A/B interleaved: one process at 1
+    and at R BLAS threads, R processes of 1 thread each (DataParallel), and PyTorch at R
+    threads; then the time of one gradient sum and what the two predict for more processes.
+    Runs inside an mpiexec job of R processes."""
+    from portacnn import distributed
+
+    comm = distributed.world()
+    ranks = comm.size
+    x, y = dataset(args.images, args.dtype)
+    orders = [np.random.default_rng(r).permutation(len(x)) for r in range(args.repeats + 1)]
+    labels = {"one": "1 process, 1 thread", "wide": f"1 process, {ranks} threads",
+              "dp": f"{ranks} processes, 1 thread each", "torch": f"PyTorch, {ranks} threads"}
+    out = {"processes": ranks, "labels": labels, "batches": [],
+           "load_average_before": os.getloadavg()}
+    for batch in args.dp_batches:
+        models = {key: lenet5(device=backend, dtype=args.dtype, seed=0)
+                  for key in ("one", "wide", "dp")}
+        dp = distributed.DataParallel(models["dp"])
+        runners = {"one": models["one"], "wide": models["wide"], "dp": dp}
+        optimizers = {key: SGD(LR, momentum=MOMENTUM) for key in runners}
+        losses = {}
+
+        def epoch(key, data):
+            with backend.limit_threads(ranks if key == "wide" else 1):
+                hist = runners[key].fit(*data, epochs=1, batch_size=batch,
+                                        optimizer=optimizers[key], shuffle=False, verbose=0)
+            losses.setdefault(key, hist["loss"][0])
+
+        contenders = ["one", "wide", "dp"]
+        if peer is not None:
+            torch = peer.torch
+            net = torch_lenet(models["one"], peer)
+            topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+            contenders.append("torch")
+
+        def run(key, data):
+            if key != "torch":
+                return epoch(key, data)
+            torch.set_num_threads(ranks)
+            losses.setdefault("torch", torch_epoch(net, topt, *data, batch, torch)[0])
+            torch.set_num_threads(1)
+
+        def shuffled(key, order):
+            """The epoch's shuffled copy, made before the clock starts (as train_epochs)."""
+            if key == "torch":
+                return peer.tensor(x[order]), peer.tensor(y[order])
+            return backend.asarray(x[order], dtype=args.dtype), backend.asarray(y[order])
+
+        times = {key: [] for key in contenders}
+        for r, order in enumerate(orders):                  # run 0 is the warm-up
+            turn = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+            this_run = {}
+            for key in turn:
+                data = shuffled(key, order)
+                this_run[key] = _run_timed(comm, lambda: run(key, data), key == "dp")
+                del data
+            if r:
+                for key, seconds in this_run.items():
+                    times[key].append(seconds)
+            if comm.rank == 0:
+                print(f"    batch {batch}, run {r}{' (warm-up)' if r == 0 else ''}: "
+                      + ", ".join(f"{labels[k]} {s:.2f} s" for k, s in this_run.items()),
+                      flush=True)
+        row = {"batch": batch, "steps": math.ceil(len(x) / batch),
+               "epoch_seconds": {k: summarize(v) for k, v in times.items()},
+               "first_epoch_loss": losses,
+               "speedup_over_one": summarize([a / b for a, b in zip(times["one"], times["dp"])]),
+               "speedup_over_wide": summarize([a / b for a, b in zip(times["wide"],
+                                                                     times["dp"])])}
+        if peer is not None:
+            row["ratio_over_torch"] = summarize([a / b for a, b in zip(times["dp"],
+                                                                       times["torch"])])
+        out["batches"].append(row)
+    values = sum(math.prod(p.shape) for p in dp.model.parameters())
+    out["gradient_values"] = values
+    out["gradient_bytes"] = values * np.dtype(args.dtype).itemsize
+    out["sum_seconds"] = {f"{reduction}, {n} values": _sum_seconds(dp, n, reduction)
+                          for reduction in ("ordered", "mpi") for n in (1, values)}
+    out["load_average_after"] = os.getloadavg()
+    out["model"] = _predict_scaling(out)
+    return out
+
+
+def _predict_scaling(out):
+    """Fit ``step = c * rows + o + t_sum`` to the fastest measured one-process and R-process
+    steps (the runs least disturbed by other work on the machine; c:
+    compute per row; o: the per-step cost no shard divides, which also takes in any slowdown of
+    R processes running at once) and predict ``t_sum = (k-1) * (latency + S / bandwidth)``, the
+    ordered sum of k processes as a ring Allgather (k-1 rounds; each process receives (k-1)·S
+    bytes). This machine's latency and bandwidth come from the measured sums of 1 and of S
+    values; the networks' from NETWORKS."""
+    ranks, gradient_bytes = out["processes"], out["gradient_bytes"]
+    t_tiny = out["sum_seconds"]["ordered, 1 values"]
+    t_full = out["sum_seconds"][f"ordered, {out['gradient_values']} values"]
+    latency = t_tiny / (ranks - 1)
+    bandwidth = (ranks - 1) * gradient_bytes / max(t_full - t_tiny, 1e-9)
+    links = {"shared memory (measured)": (bandwidth, latency), **NETWORKS}
+    model = {"latency_s": latency, "bandwidth_bytes_per_s": bandwidth, "fit": [],
+             "predictions": []}
+    for row in out["batches"]:
+        batch, steps = row["batch"], row["steps"]
+        step_one = row["epoch_seconds"]["one"]["min"] / steps
+        step_dp = row["epoch_seconds"]["dp"]["min"] / steps
+        per_row = (step_one - step_dp + t_full) / (batch * (1 - 1 / ranks))
+        fixed = max(step_one - per_row * batch, 0.0)
+        model["fit"].append({"batch": batch, "step_one_s": step_one, "step_dp_s": step_dp,
+                             "sum_share_of_dp_step": t_full / step_dp,
+                             "compute_per_row_s": per_row, "fixed_per_step_s": fixed})
+        if per_row <= 0:
+            continue                # R processes were no faster: the model has nothing to fit
+        for k, link in ((8, "shared memory (measured)"), (16, "10 Gb/s Ethernet"),
+                        (16, "100 Gb/s InfiniBand")):
+            bw, lat = links[link]
+            t_sum = (k - 1) * (lat + gradient_bytes / bw)
+            step = per_row * batch / k + fixed + t_sum
+            model["predictions"].append({
+                "batch": batch, "processes": k, "link": link, "sum_s": t_sum, "step_s": step,
+                "bytes_received_per_step": (k - 1) * gradient_bytes,
+                "speedup_over_one": step_one / step})
+    return model
+
+
+def print_data_parallel(out):
+    ranks, labels = out["processes"], out["labels"]
+    for row in out["batches"]:
+        print(f"  global batch {row['batch']} ({row['steps']} steps an epoch): seconds per epoch "
+              f"(first-epoch loss)")
+        for key, stat in row["epoch_seconds"].items():
+            print(f"    {labels[key]:<28} {fmt(stat)}  ({row['first_epoch_loss'][key]:.5f})")
+        print(f"    {labels['dp']} against {labels['one']}: "
+              f"{fmt(row['speedup_over_one'], 'x')} as fast; against {labels['wide']}: "
+              f"{fmt(row['speedup_over_wide'], 'x')}")
+        if "ratio_over_torch" in row:
+            print(f"    {labels['dp']} / {labels['torch']}: "
+                  f"{fmt(row['ratio_over_torch'], 'x')} of its time")
+    print(f"  gradient sum: {out['gradient_values']:,} values = {out['gradient_bytes']:,} bytes "
+          f"sent by each process a step (the ordered sum receives {ranks - 1} x that)")
+    for name, seconds in out["sum_seconds"].items():
+        print(f"    {ranks} processes, {name}: {seconds * 1e6:.0f} us")
+    print("  load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
+          "{:.2f}".format(*out["load_average_before"], *out["load_average_after"]))
+    model = out["model"]
+    print(f"  model (from the fastest runs): step = c*rows/k + o + (k-1)*(latency + bytes/bandwidth); measured here: "
+          f"latency {model['latency_s'] * 1e6:.0f} us, bandwidth "
+          f"{model['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
+    for fit in model["fit"]:
+        print(f"    batch {fit['batch']}: step {fit['step_one_s'] * 1e3:.2f} ms in 1 process, "
+              f"{fit['step_dp_s'] * 1e3:.2f} ms in {ranks} (the sum is "
+              f"{fit['sum_share_of_dp_step']:.1%} of it); c = "
+              f"{fit['compute_per_row_s'] * 1e6:.1f} us/row, o = "
+              f"{fit['fixed_per_step_s'] * 1e3:.2f} ms/step")
+    for p in model["predictions"]:
+        print(f"    predicted: batch {p['batch']:>3}, {p['processes']:>2} processes, "
+              f"{p['link']:<25} sum {p['sum_s'] * 1e3:6.2f} ms "
+              f"({p['bytes_received_per_step'] / 1e6:4.1f} MB in), step "
+              f"{p['step_s'] * 1e3:6.2f} ms: {p['speedup_over_one']:4.1f}x one process")
+
+
 # --- main -----------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -447,6 +673,11 @@ def parse_args(argv=None):
     p.add_argument("--tutorial-images", type=int, default=3200)
     p.add_argument("--sections", default="layers,train,infer,scaling,memory")
     p.add_argument("--quick", action="store_true", help="6,000 images and 2 repeats")
+    p.add_argument("--data-parallel", type=int, default=None, metavar="N",
+                   help="only the data-parallel section, under mpiexec -n N (launched here): "
+                        "1 process against N processes (and PyTorch with --compare-torch)")
+    p.add_argument("--dp-batches", type=lambda s: [int(v) for v in s.split(",")],
+                   default=[64, 256], help="global batch sizes of the data-parallel section")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.quick:
@@ -457,7 +688,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.data_parallel is not None and not distributed.launched_by_mpi():
+        return relaunch_under_mpiexec(args.data_parallel, argv)
     torch = None
     if args.compare_torch:
         try:
@@ -467,7 +701,11 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
     try:
-        backend = portacnn.get_backend(args.device)
+        if args.data_parallel is not None:      # inside the mpiexec job: rank 0 prints
+            distributed.silence_unless_root()
+            backend = distributed.rank_device(args.device)
+        else:
+            backend = portacnn.get_backend(args.device)
     except portacnn.DeviceError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
@@ -491,6 +729,18 @@ def main(argv=None):
     print("portacnn benchmark:", json.dumps(report["machine"]))
     if device_line(report["machine"]["device"]):
         print(device_line(report["machine"]["device"]))
+    if args.data_parallel is not None:
+        print(f"LeNet-5, {args.dtype}, {args.images:,} images, SGD lr {LR} momentum {MOMENTUM}, "
+              f"median [min-max] of {args.repeats} runs; data parallel over "
+              f"{distributed.world().size} processes (mpiexec), BLAS 1 thread each\n")
+        report["data_parallel"] = data_parallel(backend, args, peer)
+        if distributed.world().rank != 0:
+            return 0                            # rank 0 ran the one-process peers and reports
+        print_data_parallel(report["data_parallel"])
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+            print(f"wrote {args.json}")
+        return 0
     print(f"LeNet-5, {args.dtype}, batch {args.batch_size}, {args.images:,} images, "
           f"SGD lr {LR} momentum {MOMENTUM}, median [min-max] of {args.repeats} runs\n")
     for threads in args.threads:

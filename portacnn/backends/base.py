@@ -195,6 +195,12 @@ class Backend:
         """A :class:`PortableRNG` seeded with ``seed`` drawing onto this backend."""
         return PortableRNG(self, seed)
 
+    def for_local_rank(self, local_rank: int) -> "Backend":
+        """The backend of the process with node-local rank ``local_rank`` when several
+        processes share this machine (data parallelism): this one, where there is a single
+        device. GPU backends return device ``local_rank % device count``."""
+        return self
+
     # --- execution ------------------------------------------------------------------------
     def activate(self):
         """Context manager making this backend's device the current one, for libraries that

@@ -60,6 +60,9 @@ class CupyBackend(Backend):
     def activate(self):
         return self.native.cuda.Device(self.device.id)
 
+    def for_local_rank(self, local_rank: int) -> "CupyBackend":
+        return type(self).create(local_rank % self.native.cuda.runtime.getDeviceCount())
+
     def synchronize(self) -> None:
         self.native.cuda.Device(self.device.id).synchronize()
 

@@ -36,6 +36,11 @@ class TorchBackend(Backend):
         self.accelerator = device.type != "cpu"
         self.device_data_limit = 2**30 if self.accelerator else None
 
+    def for_local_rank(self, local_rank: int) -> "TorchBackend":
+        if self.device.type != "cuda":
+            return self
+        return type(self).create(f"cuda:{local_rank % self.native.cuda.device_count()}")
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.native.cuda.synchronize(self.device)
