@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-from . import kernels as K
 from .kernels.unfold import (check_nchw, check_padding, check_padding_mode, geometry, kernel_pair,
                              stride_pair)
 from .backends import Backend, PortableRNG, backend_of, get_backend
@@ -133,10 +132,11 @@ class Layer:
         """The layer's :class:`Parameter` objects, named ``prefix + key``."""
         return [Parameter(prefix + key, self, key) for key in self.params]
 
-    def kernel(self, name: str):
-        """The kernel ``name`` as the layer's backend runs it (an override or the portable
-        function, see :func:`portacnn.kernels.kernel`)."""
-        return K.kernel(name, self.backend)
+    @property
+    def kernels(self):
+        """The kernel set of the layer's backend (``backend.kernels``): the portable kernels,
+        or the backend's faster versions of some (:class:`portacnn.kernels.Kernels`)."""
+        return self.backend.kernels
 
     def num_params(self) -> int:
         """Number of trainable scalars."""
@@ -331,15 +331,15 @@ class Conv2D(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, cache = self.kernel("conv2d_forward")(
+        y, cache = self.kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
             self.padding_mode, inference=not self.training)
         self._cache = cache
         return y
 
     def _backward(self, dy):
-        dx, dw, db = self.kernel("conv2d_backward")(dy, self.params["weight"], self._cache,
-                                                    need_dx=self.need_input_grad)
+        dx, dw, db = self.kernels.conv2d_backward(dy, self.params["weight"], self._cache,
+                                                  need_dx=self.need_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db
@@ -365,7 +365,9 @@ def _init_weight(rng: PortableRNG, shape, fan_in, fan_out, init, dtype):
 
 
 class _Pool2D(Layer):
-    _op = None          # kernel name stem: "max_pool2d", "min_pool2d" or "avg_pool2d"
+    def _kernel_pair(self):
+        """This pooling's ``(forward, backward)`` kernels from the backend's set."""
+        raise NotImplementedError
 
     def __init__(self, kernel_size=2, stride=None, padding=0, *, padding_mode="zeros",
                  dtype=None, name=None):
@@ -393,13 +395,14 @@ class _Pool2D(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, self._cache = self.kernel(self._op + "_forward")(
-            x, self.kernel_size, self.stride, self.padding, self.padding_mode,
-            inference=not self.training)
+        forward, _ = self._kernel_pair()
+        y, self._cache = forward(x, self.kernel_size, self.stride, self.padding,
+                                 self.padding_mode, inference=not self.training)
         return y
 
     def _backward(self, dy):
-        return self.kernel(self._op + "_backward")(dy, self._cache)
+        _, backward = self._kernel_pair()
+        return backward(dy, self._cache)
 
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -414,7 +417,8 @@ class MaxPool2D(_Pool2D):
     Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _op = "max_pool2d"
+    def _kernel_pair(self):
+        return self.kernels.max_pool2d_forward, self.kernels.max_pool2d_backward
 
 
 class MinPool2D(_Pool2D):
@@ -424,7 +428,8 @@ class MinPool2D(_Pool2D):
     padding_mode. Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _op = "min_pool2d"
+    def _kernel_pair(self):
+        return self.kernels.min_pool2d_forward, self.kernels.min_pool2d_backward
 
 
 class AvgPool2D(_Pool2D):
@@ -434,7 +439,8 @@ class AvgPool2D(_Pool2D):
     Shapes: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    _op = "avg_pool2d"
+    def _kernel_pair(self):
+        return self.kernels.avg_pool2d_forward, self.kernels.avg_pool2d_backward
 
 
 class Dense(Layer):
@@ -503,11 +509,11 @@ class Dense(Layer):
 
     def _forward(self, x):
         self._cache = x if self.training else None
-        return K.dense_forward(x, self.params["weight"], self.params.get("bias"))
+        return self.kernels.dense_forward(x, self.params["weight"], self.params.get("bias"))
 
     def _backward(self, dy):
-        dx, dw, db = K.dense_backward(dy, self._cache, self.params["weight"],
-                                      need_dx=self.need_input_grad)
+        dx, dw, db = self.kernels.dense_backward(dy, self._cache, self.params["weight"],
+                                                need_dx=self.need_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db
@@ -549,10 +555,10 @@ class Upsample2D(Layer):
 
     def _forward(self, x):
         self._cache = True
-        return K.upsample_nearest_forward(x, self.scale)
+        return self.kernels.upsample_nearest_forward(x, self.scale)
 
     def _backward(self, dy):
-        return K.upsample_nearest_backward(dy, self.scale)
+        return self.kernels.upsample_nearest_backward(dy, self.scale)
 
     def get_config(self):
         return {"scale": list(self.scale), **super().get_config()}
@@ -607,7 +613,7 @@ class _BatchNorm(Layer):
         return super().forward(x)
 
     def _forward(self, x):
-        y, cache, mean, var = K.batchnorm_forward(
+        y, cache, mean, var = self.kernels.batchnorm_forward(
             x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
             self.buffers["running_var"], training=self.training, momentum=self.momentum,
             eps=self.eps)
@@ -616,7 +622,8 @@ class _BatchNorm(Layer):
         return y
 
     def _backward(self, dy):
-        dx, self.grads["weight"], self.grads["bias"] = K.batchnorm_backward(dy, self._cache)
+        dx, self.grads["weight"], self.grads["bias"] = self.kernels.batchnorm_backward(
+            dy, self._cache)
         return dx
 
     def get_config(self):
@@ -660,39 +667,45 @@ class Flatten(Layer):
 
 class _Activation(Layer):
     _strict_shape = False
-    _fn = _grad = None
     _keeps_output = True     # tanh/sigmoid: derivative from y; relu: from x
 
+    def _kernel_pair(self):
+        """This activation's ``(function, backward)`` kernels from the backend's set."""
+        raise NotImplementedError
+
     def _forward(self, x):
-        y = type(self)._fn(x)
+        fn, _ = self._kernel_pair()
+        y = fn(x)
         if self.training:
             self._cache = y if self._keeps_output else x
         return y
 
     def _backward(self, dy):
-        return type(self)._grad(dy, self._cache)
+        _, grad = self._kernel_pair()
+        return grad(dy, self._cache)
 
 
 class ReLU(_Activation):
     """``max(x, 0)`` elementwise; any input shape."""
 
-    _fn = staticmethod(K.relu)
-    _grad = staticmethod(K.relu_backward)
     _keeps_output = False
+
+    def _kernel_pair(self):
+        return self.kernels.relu, self.kernels.relu_backward
 
 
 class Tanh(_Activation):
     """Hyperbolic tangent elementwise; any input shape."""
 
-    _fn = staticmethod(K.tanh)
-    _grad = staticmethod(K.tanh_backward)
+    def _kernel_pair(self):
+        return self.kernels.tanh, self.kernels.tanh_backward
 
 
 class Sigmoid(_Activation):
     """Logistic sigmoid elementwise (overflow-free); any input shape."""
 
-    _fn = staticmethod(K.sigmoid)
-    _grad = staticmethod(K.sigmoid_backward)
+    def _kernel_pair(self):
+        return self.kernels.sigmoid, self.kernels.sigmoid_backward
 
 
 class Dropout(Layer):
@@ -742,12 +755,12 @@ class Dropout(Layer):
             return x
         mask = self.rng.bernoulli(tuple(x.shape), 1.0 - self.p, dtype=x.dtype)
         self._cache = mask
-        return K.dropout_forward(x, mask, self.p)
+        return self.kernels.dropout_forward(x, mask, self.p)
 
     def _backward(self, dy):
         if isinstance(self._cache, str):
             return dy
-        return K.dropout_backward(dy, self._cache, self.p)
+        return self.kernels.dropout_backward(dy, self._cache, self.p)
 
     def describe(self):
         return f"p={self.p}"

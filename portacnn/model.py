@@ -303,7 +303,7 @@ class Sequential:
 
     def evaluate(self, x, y, batch_size: int = 256):
         """Mean loss and accuracy on ``(x, y)`` in eval mode: ``(loss, accuracy)`` (accuracy is
-        None for the MSE loss). At most ``backend.infer_chunk`` images go through at once."""
+        None for the MSE loss). At most ``backend.kernels.infer_chunk`` images go through at once."""
         return training.evaluate(self, x, y, batch_size)
 
     def predict(self, x, batch_size: int = 256):

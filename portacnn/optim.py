@@ -5,7 +5,8 @@ thing. Each optimizer keeps per-parameter state (momentum buffers, moments) on t
 the parameters, created on the first step. Updates are functional (``p.value = p.value - lr *
 g``): new arrays replace the old, so they run on JAX, whose arrays are immutable, as on NumPy.
 
-Where the backend asks for it (``Backend.fuse_updates``: every backend but the CPU's), one step
+Where the backend's kernel set asks for it (``backend.kernels.fuse_updates``: every set but
+the CPU's), one step
 updates every parameter at once: the gradients are laid end to end in one 1-D array (one
 ``concat``), the update rule runs once on the flat arrays, and each parameter and state slot
 becomes a view of the flat result (``reshape(flat[start:stop], shape)``). The next step finds
@@ -54,10 +55,10 @@ class Optimizer:
         """Apply one update to every :class:`~portacnn.layers.Parameter` (``model.parameters()``)
         that has a gradient (see the module docstring).
 
-        With ``fuse_updates`` on the parameters' backend, parameters that share a dtype and the
-        same state slots (all of them after the first step) are updated together: one call of
-        ``_update`` on 1-D arrays of ``sum(p.size)`` elements. Otherwise each parameter is one
-        call on its own arrays.
+        Where the parameters' backend's kernel set has ``fuse_updates``, parameters that share
+        a dtype and the same state slots (all of them after the first step) are updated
+        together: one call of ``_update`` on 1-D arrays of ``sum(p.size)`` elements. Otherwise
+        each parameter is one call on its own arrays.
         """
         self.steps += 1
         params = [p for p in parameters if p.grad is not None]
@@ -65,7 +66,7 @@ class Optimizer:
             return
         backend = getattr(params[0].layer, "backend", None)
         with backend.activate() if backend is not None else contextlib.nullcontext():
-            if getattr(backend, "fuse_updates", True):
+            if backend is None or backend.kernels.fuse_updates:
                 self._step_fused(params)
                 return
             for p in params:

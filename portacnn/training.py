@@ -15,8 +15,8 @@ The data are checked once per call, before any training: labels (integer dtype, 
 ``[0, classes)``, shape; one-hot rows), and NaN or infinity in the inputs (one reduction over
 ``x``). A loss that turns NaN or infinite stops ``fit`` at the end of that epoch at the latest.
 
-On backends with a ``train_chunk`` (the CPU), a training batch runs as chunks of at most that
-many images whose gradients are summed before the one update: the same step up to float
+Where the backend's kernel set has a ``train_chunk`` (the CPU's), a training batch runs as
+chunks of at most that many images whose gradients are summed before the one update: the same step up to float
 rounding, with each chunk's working set in cache. Models whose layers couple the samples of a
 batch or draw random numbers (batch norm, dropout) always run the batch whole.
 
@@ -33,14 +33,20 @@ import sys
 import time
 import warnings
 
-from . import kernels as K
 from .backends import describe_array, is_host_array, namespace, on_device
 from .optim import SGD, get_optimizer
 
 __all__ = ["LOSSES", "History", "OneProcess", "ONE_PROCESS", "train_step", "accumulate_gradients",
            "fit", "evaluate", "predict"]
 
-LOSSES = {"cross_entropy": K.softmax_cross_entropy, "mse": K.mse}
+LOSSES = ("cross_entropy", "mse")       # the model's ``loss`` names one of these
+
+
+def _loss_kernel(model):
+    """The loss kernel of ``model.loss_name`` in the backend's set: ``(logits, targets) ->
+    (mean loss, dL/dlogits)``."""
+    kernels = model.backend.kernels
+    return kernels.softmax_cross_entropy if model.loss_name == "cross_entropy" else kernels.mse
 
 
 class History:
@@ -126,16 +132,17 @@ def accumulate_gradients(model, x, y, batch_rows: int | None = None):
     the shares of the parts of a batch add up to the batch's gradient. Returns ``(loss, logits)``
     with ``loss`` weighted alike (a 0-d device array) and logits (n, classes).
 
-    On backends with a ``train_chunk``, a part larger than it runs as chunks of near-equal size,
+    Where the backend's kernel set has a ``train_chunk``, a part larger than it runs as chunks
+    of near-equal size,
     each weighted by ``chunk rows / batch_rows`` the same way (unless a layer couples the
     samples). An empty part (a data-parallel shard of a batch smaller than the process count)
     still runs forward and backward, so dropout draws stay in step, and contributes zeros.
     """
-    loss_fn = LOSSES[model.loss_name]
+    loss_fn = _loss_kernel(model)
     xp = model.backend.xp
     n = x.shape[0]
     total = n if batch_rows is None else batch_rows
-    chunk = model.backend.train_chunk
+    chunk = model.backend.kernels.train_chunk
     pieces = 1
     if chunk is not None and n > chunk and all(l.samples_independent for l in model.layers):
         pieces = -(-n // chunk)
@@ -425,9 +432,9 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
 
 def _inference(model, x, batch_size: int) -> list:
     """The model's outputs for ``x`` in eval mode, chunk by chunk (at most
-    ``backend.infer_chunk`` images at once), in order."""
+    ``backend.kernels.infer_chunk`` images at once), in order."""
     _positive_int(batch_size, "batch_size")
-    chunk = model.backend.infer_chunk
+    chunk = model.backend.kernels.infer_chunk
     step = batch_size if chunk is None else min(batch_size, chunk)
     was_training = model.training
     model.eval()
@@ -450,7 +457,7 @@ def evaluate(model, x, y, batch_size: int = 256, *, replicas: OneProcess = ONE_P
 
 def _evaluate(model, x, y, batch_size: int, *, replicas: OneProcess = ONE_PROCESS):
     """:func:`evaluate` on data already checked (and where it fits, on the device)."""
-    loss_fn = LOSSES[model.loss_name]
+    loss_fn = _loss_kernel(model)
     total_loss = total_hits = None
     start, end = replicas.shard(0, x.shape[0])
     for logits in _inference(model, _rows(x, start, end), batch_size):
@@ -477,7 +484,7 @@ def predict(model, x, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCE
     start, end = replicas.shard(0, x.shape[0])
     outs = _inference(model, _rows(x, start, end), batch_size)
     if model.loss_name == "cross_entropy":
-        outs = [K.softmax(out, axis=1) for out in outs]
+        outs = [model.backend.kernels.softmax(out, axis=1) for out in outs]
     if not outs:                                # an empty shard
         backend = model.backend
         return replicas.gather(backend.xp.zeros((0, *model.output_shape),

@@ -687,6 +687,17 @@ def parse_args(argv=None):
     return args
 
 
+def portable_kernels(kernels):
+    """A kernel set with the portable functions but ``kernels``' work sizes (chunks, fused
+    updates): what ``--portable`` runs, so that the figure isolates the overrides."""
+    class PortableFunctions(portacnn.kernels.Kernels):
+        train_chunk = kernels.train_chunk
+        infer_chunk = kernels.infer_chunk
+        fuse_updates = kernels.fuse_updates
+
+    return PortableFunctions()
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -710,7 +721,7 @@ def main(argv=None):
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     if args.portable:
-        backend.kernel_overrides = None        # this instance runs the portable kernels only
+        backend.kernels = portable_kernels(backend.kernels)   # this instance only
     peer = Peer(torch, backend) if torch is not None else None
     if peer is not None and peer.device.type == "cuda" and not torch.cuda.is_available():
         print(f"bench: error: --compare-torch on {args.device} needs a CUDA build of PyTorch "
@@ -720,8 +731,7 @@ def main(argv=None):
     if backend.accelerator and len(args.threads) > 1:
         args.threads = args.threads[:1]        # CPU threads do not change a GPU's speed
     allocator_kept = keep_freed_memory()       # as the training command does
-    report = {"machine": {**machine_info(backend), "kernels": backend.kernel_overrides or
-                          "portable", "keep_freed_memory": allocator_kept}, "args": {k: (sorted(v) if isinstance(v, set)
+    report = {"machine": {**machine_info(backend), "kernels": type(backend.kernels).__name__, "keep_freed_memory": allocator_kept}, "args": {k: (sorted(v) if isinstance(v, set)
               else v) for k, v in vars(args).items() if k != "json"}, "by_threads": []}
     if peer is not None:
         report["machine"]["torch"] = torch.__version__

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import portacnn
+from portacnn.kernels import CpuKernels, Kernels
 from portacnn.backends import (Backend, DeviceError, NumpyBackend, StrictBackend, TorchBackend,
                                backend_of, get_backend, namespace, to_numpy)
 
@@ -76,8 +77,8 @@ def test_each_library_is_served_by_its_own_class():
     assert type(get_backend("cpu")) is NumpyBackend
     assert type(get_backend("numpy")) is NumpyBackend
     assert type(get_backend("array_api_strict")) is StrictBackend
-    assert get_backend("cpu").kernel_overrides == "cpu"
-    assert get_backend("array_api_strict").kernel_overrides is None
+    assert type(get_backend("cpu").kernels) is CpuKernels
+    assert type(get_backend("array_api_strict").kernels) is Kernels
     pytest.importorskip("torch", reason="torch is not installed (optional backend)")
     assert type(get_backend("torch")) is TorchBackend
 
@@ -85,7 +86,7 @@ def test_each_library_is_served_by_its_own_class():
 def test_any_namespace_array_api_compat_recognises_gets_the_generic_backend():
     jnp = pytest.importorskip("jax.numpy", reason="jax is not installed (optional backend)")
     be = get_backend("jax")
-    assert type(be) is Backend and be.name == "jax" and be.kernel_overrides is None
+    assert type(be) is Backend and be.name == "jax" and type(be.kernels) is Kernels
     assert get_backend(jnp) == be
     x = be.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
     assert backend_of(x) == be and be.owns(x)

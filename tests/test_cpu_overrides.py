@@ -17,7 +17,7 @@ import pytest
 from portacnn import kernels as K
 from portacnn import reference as R
 from portacnn.backends import get_backend
-from portacnn.kernels import cpu
+from portacnn.kernels import CpuKernels, Kernels, cpu_conv, cpu_pooling
 from portacnn.kernels.conv import ConvCache
 from portacnn.kernels.unfold import geometry, im2col
 
@@ -38,26 +38,28 @@ def mutable_backend(request):
 
 # --- selection ------------------------------------------------------------------------------
 
-def test_numpy_backend_selects_the_overrides_and_others_the_portable_kernels():
-    assert set(cpu.OVERRIDES) == set(CONV + POOLS)
-    numpy_backend, strict_backend = get_backend("cpu"), get_backend("array_api_strict")
-    for name, override in cpu.OVERRIDES.items():
-        assert K.kernel(name, numpy_backend) is override
-        assert K.kernel(name, strict_backend) is getattr(K, name)
-        assert getattr(K, name) is not override
+def test_numpy_backend_runs_the_cpu_set_and_others_the_portable_one():
+    assert type(get_backend("cpu").kernels) is CpuKernels
+    assert type(get_backend("array_api_strict").kernels) is Kernels
+    overridden = {name for name in vars(CpuKernels) if not name.startswith("_")
+                  and callable(getattr(CpuKernels, name))}
+    assert overridden == set(CONV + POOLS)
+    for name in overridden:                      # an override replaces the portable function
+        assert getattr(CpuKernels, name) is not getattr(K, name)
+        assert getattr(Kernels, name) is getattr(K, name)
 
 
 @pytest.mark.parametrize("name", sorted(CONV + POOLS))
 def test_an_override_takes_the_arguments_of_its_portable_kernel(name):
     portable = inspect.signature(getattr(K, name)).parameters
-    override = inspect.signature(cpu.OVERRIDES[name]).parameters
+    override = inspect.signature(getattr(CpuKernels, name)).parameters
     assert [(p.name, p.kind, p.default) for p in override.values()] == \
         [(p.name, p.kind, p.default) for p in portable.values()]
 
 
 # --- convolution ----------------------------------------------------------------------------
 
-ROUTES = {"batched": (0, ConvCache), "batch_minor": (10**6, cpu.RowBlockCache)}
+ROUTES = {"batched": (0, ConvCache), "batch_minor": (10**6, cpu_conv.RowBlockCache)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,22 +80,22 @@ def _check_conv(be, case, mode, route, dtype="float64"):
     shape, k, s, p = case
     (x, w, b, dy), (y_ref, dx_ref, dw_ref, db_ref) = _conv_reference(case, mode)
     xb, wb, bb, dyb = (be.asarray(a, dtype=dtype) for a in (x, w, b, dy))
-    y, cache = cpu.conv2d_forward(xb, wb, bb, s, p, mode)
+    y, cache = cpu_conv.conv2d_forward(xb, wb, bb, s, p, mode)
     assert type(cache) is ROUTES[route][1]
     y_portable, cache_portable = K.conv2d_forward(xb, wb, bb, s, p, mode)
     assert_close(y, y_ref, dtype)
     assert_close(y, be.to_numpy(y_portable), dtype)
 
-    fast, nothing = cpu.conv2d_forward(xb, wb, bb, s, p, mode, inference=True)
+    fast, nothing = cpu_conv.conv2d_forward(xb, wb, bb, s, p, mode, inference=True)
     assert nothing is None
     assert_close(fast, y_ref, dtype)
 
-    grads = cpu.conv2d_backward(dyb, wb, cache)
+    grads = cpu_conv.conv2d_backward(dyb, wb, cache)
     portable = K.conv2d_backward(dyb, wb, cache_portable)
     for got, other, want in zip(grads, portable, (dx_ref, dw_ref, db_ref)):
         assert_close(got, want, dtype)
         assert_close(got, be.to_numpy(other), dtype)
-    no_dx, dw, db = cpu.conv2d_backward(dyb, wb, cache, need_dx=False)
+    no_dx, dw, db = cpu_conv.conv2d_backward(dyb, wb, cache, need_dx=False)
     assert no_dx is None
     assert_close(dw, dw_ref, dtype)
     assert_close(db, db_ref, dtype)
@@ -104,13 +106,13 @@ def _check_conv(be, case, mode, route, dtype="float64"):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_conv_override_matches_portable_and_loops(mutable_backend, monkeypatch, case, mode,
                                                   route):
-    monkeypatch.setattr(cpu, "SHORT_ROW", ROUTES[route][0])     # every width takes `route`
+    monkeypatch.setattr(cpu_conv, "SHORT_ROW", ROUTES[route][0])     # every width takes `route`
     _check_conv(mutable_backend, case, mode, route)
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_conv_override_in_float32(mutable_backend, monkeypatch, route):
-    monkeypatch.setattr(cpu, "SHORT_ROW", ROUTES[route][0])
+    monkeypatch.setattr(cpu_conv, "SHORT_ROW", ROUTES[route][0])
     _check_conv(mutable_backend, ((2, 3, 9, 8), 3, 1, 1), "zeros", route, "float32")
 
 
@@ -118,34 +120,34 @@ def test_conv_without_bias(mutable_backend, host_rng):
     be = mutable_backend
     x, w = host_rng.normal(size=(2, 2, 6, 20)), host_rng.normal(size=(3, 2, 3, 3))
     for width in (6, 20):                                        # both routes
-        y, cache = cpu.conv2d_forward(be.asarray(x[..., :width]), be.asarray(w), None, 1, 1)
+        y, cache = cpu_conv.conv2d_forward(be.asarray(x[..., :width]), be.asarray(w), None, 1, 1)
         assert_close(y, R.conv2d(x[..., :width], w, None, 1, 1))
-        fast, _ = cpu.conv2d_forward(be.asarray(x[..., :width]), be.asarray(w), None, 1, 1,
+        fast, _ = cpu_conv.conv2d_forward(be.asarray(x[..., :width]), be.asarray(w), None, 1, 1,
                                      inference=True)
         assert_close(fast, R.conv2d(x[..., :width], w, None, 1, 1))
 
 
-@pytest.mark.parametrize("width", [cpu.SHORT_ROW - 1, cpu.SHORT_ROW])
+@pytest.mark.parametrize("width", [cpu_conv.SHORT_ROW - 1, cpu_conv.SHORT_ROW])
 def test_training_route_follows_output_width_and_inference_takes_row_blocks(
         mutable_backend, host_rng, width):
     be = mutable_backend
     x = host_rng.normal(size=(2, 1, 5, width + 2))              # 3x3 valid: output width `width`
     w = host_rng.normal(size=(3, 1, 3, 3))
     calls = []
-    real = cpu._by_output_rows
+    real = cpu_conv._by_output_rows
 
     def spy(*args):
         calls.append(1)
         return real(*args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu, "_by_output_rows", spy)
-        y, cache = cpu.conv2d_forward(be.asarray(x), be.asarray(w), None)
-        short = width < cpu.SHORT_ROW
-        assert type(cache) is (cpu.RowBlockCache if short else ConvCache)
+        mp.setattr(cpu_conv, "_by_output_rows", spy)
+        y, cache = cpu_conv.conv2d_forward(be.asarray(x), be.asarray(w), None)
+        short = width < cpu_conv.SHORT_ROW
+        assert type(cache) is (cpu_conv.RowBlockCache if short else ConvCache)
         assert bool(calls) == short
         calls.clear()
-        fast, _ = cpu.conv2d_forward(be.asarray(x), be.asarray(w), None, inference=True)
+        fast, _ = cpu_conv.conv2d_forward(be.asarray(x), be.asarray(w), None, inference=True)
         assert calls                                           # inference: every width
     assert_close(y, R.conv2d(x, w, None))
     assert_close(fast, R.conv2d(x, w, None))
@@ -155,12 +157,12 @@ def test_batch_minor_training_output_and_dx_are_row_major_inference_output_a_vie
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    y, cache = cpu.conv2d_forward(x, w, None)
-    assert isinstance(cache, cpu.RowBlockCache)
+    y, cache = cpu_conv.conv2d_forward(x, w, None)
+    assert isinstance(cache, cpu_conv.RowBlockCache)
     assert y.flags["C_CONTIGUOUS"]          # the backward passes after it see one layout
-    dx, _, _ = cpu.conv2d_backward(np.ones(y.shape, np.float32), w, cache)
+    dx, _, _ = cpu_conv.conv2d_backward(np.ones(y.shape, np.float32), w, cache)
     assert dx.flags["C_CONTIGUOUS"]
-    fast, _ = cpu.conv2d_forward(x, w, None, inference=True)
+    fast, _ = cpu_conv.conv2d_forward(x, w, None, inference=True)
     # (N, F, OH, OW) over (F, OH, OW, N) memory: the batch is the innermost axis
     assert fast.strides[0] == fast.itemsize
     np.testing.assert_allclose(fast, y, rtol=1e-5, atol=1e-5)
@@ -173,7 +175,7 @@ def test_row_blocks_hold_each_output_rows_columns(mutable_backend, host_rng, str
     n, c, h, w, kh, kw = 2, 3, 7, 8, 3, 2
     x = host_rng.normal(size=(n, c, h, w))
     g = geometry((h, w), (kh, kw), stride, padding, mode)
-    blocks = mutable_backend.to_numpy(cpu.row_blocks(mutable_backend.asarray(x), g))
+    blocks = mutable_backend.to_numpy(cpu_conv.row_blocks(mutable_backend.asarray(x), g))
     assert blocks.shape == (g.padded_hw(h, w)[0], kw * c * g.ow * n)
     cols = im2col(x, (kh, kw), stride, padding, mode)       # (N, C*kh*kw, OH*OW)
     want = np.transpose(cols.reshape(n, c, kh, kw, g.oh, g.ow), (4, 2, 3, 1, 5, 0))
@@ -185,12 +187,12 @@ def test_row_blocks_hold_each_output_rows_columns(mutable_backend, host_rng, str
 def test_uncovered_border_gets_zero_gradient_on_both_routes(host_rng):
     x = host_rng.normal(size=(1, 1, 9, 9))
     w = host_rng.normal(size=(1, 1, 2, 2))
-    for short_row, cache_type in ((0, ConvCache), (10**6, cpu.RowBlockCache)):
+    for short_row, cache_type in ((0, ConvCache), (10**6, cpu_conv.RowBlockCache)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cpu, "SHORT_ROW", short_row)
-            y, cache = cpu.conv2d_forward(x, w, None, 3, 0)   # windows cover rows 0-1, 3-4, 6-7
+            mp.setattr(cpu_conv, "SHORT_ROW", short_row)
+            y, cache = cpu_conv.conv2d_forward(x, w, None, 3, 0)   # windows cover rows 0-1, 3-4, 6-7
         assert type(cache) is cache_type
-        dx, _, _ = cpu.conv2d_backward(np.ones(y.shape), w, cache)
+        dx, _, _ = cpu_conv.conv2d_backward(np.ones(y.shape), w, cache)
         for row in (2, 5, 8):                                 # 8: the border the stride leaves
             assert np.all(dx[0, 0, row, :] == 0) and np.all(dx[0, 0, :, row] == 0)
         assert np.all(dx[0, 0, 0, [0, 1, 3, 4, 6, 7]] != 0)
@@ -216,8 +218,8 @@ def test_pool_override_matches_portable_and_loops(mutable_backend, case, kind, m
     be = mutable_backend
     shape, k, s, p = case
     x, dy, y_ref, dx_ref = _pool_reference(case, kind, mode)
-    forward, backward = cpu.OVERRIDES[f"{kind}_pool2d_forward"], \
-        cpu.OVERRIDES[f"{kind}_pool2d_backward"]
+    forward, backward = getattr(CpuKernels, f"{kind}_pool2d_forward"), \
+        getattr(CpuKernels, f"{kind}_pool2d_backward")
     y, cache = forward(be.asarray(x), k, s, p, mode)
     y_portable, cache_portable = getattr(K, f"{kind}_pool2d_forward")(be.asarray(x), k, s, p, mode)
     assert_close(y, y_ref)
@@ -235,10 +237,10 @@ def test_pool_override_matches_portable_and_loops(mutable_backend, case, kind, m
 def test_pool_override_in_float32(mutable_backend, host_rng, kind):
     be = mutable_backend
     x = host_rng.normal(size=(2, 3, 8, 9))
-    y, cache = cpu.OVERRIDES[f"{kind}_pool2d_forward"](be.asarray(x, dtype="float32"), 2)
+    y, cache = getattr(CpuKernels, f"{kind}_pool2d_forward")(be.asarray(x, dtype="float32"), 2)
     assert_close(y, getattr(R, f"{kind}_pool2d")(x, 2), "float32")
     dy = host_rng.normal(size=tuple(y.shape))
-    dx = cpu.OVERRIDES[f"{kind}_pool2d_backward"](be.asarray(dy, dtype="float32"), cache)
+    dx = getattr(CpuKernels, f"{kind}_pool2d_backward")(be.asarray(dy, dtype="float32"), cache)
     assert_close(dx, getattr(R, f"{kind}_pool2d_backward")(dy, x, 2), "float32")
 
 
@@ -246,9 +248,9 @@ def test_max_pool_override_sends_the_gradient_to_the_first_maximum_only(mutable_
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 1] = 1.0                     # one window with a unique max, three all-tied
     for stride in (2, 1):                   # non-overlapping (assigned) and overlapping (added)
-        y, cache = cpu.max_pool2d_forward(mutable_backend.asarray(x), 2, stride)
+        y, cache = cpu_pooling.max_pool2d_forward(mutable_backend.asarray(x), 2, stride)
         dy = np.ones(tuple(y.shape))
-        dx = mutable_backend.to_numpy(cpu.max_pool2d_backward(mutable_backend.asarray(dy),
+        dx = mutable_backend.to_numpy(cpu_pooling.max_pool2d_backward(mutable_backend.asarray(dy),
                                                               cache))
         np.testing.assert_array_equal(dx, R.max_pool2d_backward(dy, x, 2, stride))
 
@@ -261,20 +263,20 @@ def test_overrides_write_into_no_input_and_return_no_view_of_one(host_rng):
     kept = [a.copy() for a in (x, w, b)]
     for width in (6, 20):                                        # both routes
         part = x[..., :width]
-        y, cache = cpu.conv2d_forward(part, w, b, 1, 1)
+        y, cache = cpu_conv.conv2d_forward(part, w, b, 1, 1)
         dy = host_rng.normal(size=y.shape)
         dy_kept = dy.copy()
-        cpu.conv2d_backward(dy, w, cache)
-        cpu.conv2d_forward(part, w, b, 1, 1, inference=True)
+        cpu_conv.conv2d_backward(dy, w, cache)
+        cpu_conv.conv2d_forward(part, w, b, 1, 1, inference=True)
         np.testing.assert_array_equal(dy, dy_kept)
     for name in ("max", "min", "avg"):
         for k, s in ((2, None), (1, 1), (3, 1)):                 # 1x1: a window is a pixel
             for inference in (False, True):
-                y, cache = cpu.OVERRIDES[f"{name}_pool2d_forward"](x, k, s, inference=inference)
+                y, cache = getattr(CpuKernels, f"{name}_pool2d_forward")(x, k, s, inference=inference)
                 assert not np.shares_memory(y, x)
                 if cache is not None:
                     dy = np.ones(y.shape)
-                    dx = cpu.OVERRIDES[f"{name}_pool2d_backward"](dy, cache)
+                    dx = getattr(CpuKernels, f"{name}_pool2d_backward")(dy, cache)
                     assert not np.shares_memory(dx, dy)
                     np.testing.assert_array_equal(dy, 1.0)
     for before, after in zip(kept, (x, w, b)):
@@ -287,10 +289,10 @@ def test_overrides_raise_the_portable_kernels_errors(host_rng):
     x = host_rng.normal(size=(2, 3, 8, 8))
     w = host_rng.normal(size=(4, 3, 3, 3))
     with pytest.raises(ValueError, match=r"input has 2 channel\(s\) but the weight expects 3"):
-        cpu.conv2d_forward(x[:, :2], w)
+        cpu_conv.conv2d_forward(x[:, :2], w)
     with pytest.raises(ValueError, match=r"kernel 3x3 is larger than the padded input 2x2"):
-        cpu.conv2d_forward(x[:, :, :2, :2], w)
+        cpu_conv.conv2d_forward(x[:, :, :2, :2], w)
     with pytest.raises(ValueError, match="more than half the kernel"):
-        cpu.max_pool2d_forward(x, 2, 2, 2)
+        cpu_pooling.max_pool2d_forward(x, 2, 2, 2)
     with pytest.raises(TypeError, match="arrays from different libraries were mixed"):
-        cpu.conv2d_forward(np.ones((1, 1, 4, 4)), strict.ones((1, 1, 2, 2)))
+        cpu_conv.conv2d_forward(np.ones((1, 1, 4, 4)), strict.ones((1, 1, 2, 2)))

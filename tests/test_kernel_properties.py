@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from portacnn import kernels as K
 from portacnn import reference as R
-from portacnn.kernels import cpu
+from portacnn.kernels import CpuKernels, Kernels, cpu_conv
 from portacnn.kernels.conv import ConvCache
 
 from conftest import assert_close
@@ -48,12 +48,12 @@ def _conv_routes():
     """The portable kernels and the CPU override on each of its two routes:
     (name, forward, backward, expected cache type or None)."""
     yield "portable", K.conv2d_forward, K.conv2d_backward, None
-    for short_row, cache_type in ((0, ConvCache), (10**6, cpu.RowBlockCache)):
+    for short_row, cache_type in ((0, ConvCache), (10**6, cpu_conv.RowBlockCache)):
         def forward(*args, short_row=short_row, **kwargs):
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(cpu, "SHORT_ROW", short_row)
-                return cpu.conv2d_forward(*args, **kwargs)
-        yield cache_type.__name__, forward, cpu.conv2d_backward, cache_type
+                mp.setattr(cpu_conv, "SHORT_ROW", short_row)
+                return cpu_conv.conv2d_forward(*args, **kwargs)
+        yield cache_type.__name__, forward, cpu_conv.conv2d_backward, cache_type
 
 
 @PROPERTY
@@ -94,7 +94,7 @@ def test_pooling_portable_and_overrides_match_loops(geo, kind, relu):
     y_ref = getattr(R, f"{kind}_pool2d")(x, kernel, stride, padding, mode)
     dy = rng.normal(size=y_ref.shape)
     dx_ref = getattr(R, f"{kind}_pool2d_backward")(dy, x, kernel, stride, padding, mode)
-    for kernels in (K, cpu):
+    for kernels in (Kernels, CpuKernels):
         forward = getattr(kernels, f"{kind}_pool2d_forward")
         y, cache = forward(x, kernel, stride, padding, mode)
         assert_close(y, y_ref)

@@ -1,14 +1,15 @@
 """How many array operations the portable path issues: each is a kernel launch on CuPy.
 
 LeNet-5 runs on a backend over the recording namespace (tests/recording.py), which is the
-generic :class:`~portacnn.backends.Backend` with no kernel overrides and no chunking: exactly
-the path CuPy takes. The counts bound the launch overhead a GPU pays per step.
+generic :class:`~portacnn.backends.Backend` with the portable kernel set (no overrides, no
+chunking): exactly the path CuPy takes. The counts bound the launch overhead a GPU pays per step.
 """
 
 import numpy as np
 import pytest
 
 from portacnn.backends import Backend
+from portacnn.kernels import Kernels
 from portacnn.models import lenet5
 from portacnn.optim import SGD
 
@@ -31,7 +32,7 @@ def lenet():
 
 def test_the_recording_backend_takes_the_portable_path(lenet):
     model, _, _ = lenet
-    assert model.backend.kernel_overrides is None and model.backend.train_chunk is None
+    assert type(model.backend.kernels) is Kernels and model.backend.kernels.train_chunk is None
 
 
 def test_a_training_step_issues_few_operations_and_reads_nothing_back(lenet):

@@ -8,7 +8,7 @@ import pytest
 import portacnn
 from portacnn import (Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
                       get_backend)
-from portacnn.backends import NumpyBackend
+from portacnn.kernels import CpuKernels
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
@@ -240,7 +240,7 @@ def test_chunked_training_step_equals_the_whole_batch_step(monkeypatch):
     y = rng.integers(0, 10, 150)
     results = []
     for chunk in (None, 64):                      # None: the plain whole-batch path (oracle)
-        monkeypatch.setattr(NumpyBackend, "train_chunk", chunk)
+        monkeypatch.setattr(CpuKernels, "train_chunk", chunk)
         model = lenet5(dtype="float64", seed=4)
         opt = SGD(0.05, momentum=0.9)
         losses = [float(model.train_step(x, y, opt)[0]) for _ in range(2)]
@@ -257,7 +257,7 @@ def _spy_batch_sizes(model, calls):
 
 def test_batch_coupled_models_are_never_chunked(monkeypatch):
     calls = []
-    monkeypatch.setattr(NumpyBackend, "train_chunk", 4)
+    monkeypatch.setattr(CpuKernels, "train_chunk", 4)
     for model in (lenet5("relu", "max", batchnorm=True), small_net(dropout=True)):
         _spy_batch_sizes(model, calls)
         shape = model.input_shape

@@ -118,7 +118,8 @@ def test_one_update_over_all_parameters_equals_one_per_parameter(core_backend, f
     grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
     together = _layers(core_backend, shapes)
     for layer in together:
-        layer.backend = types.SimpleNamespace(fuse_updates=fuse, activate=contextlib.nullcontext)
+        layer.backend = types.SimpleNamespace(kernels=types.SimpleNamespace(fuse_updates=fuse),
+                                              activate=contextlib.nullcontext)
     params = [p for i, layer in enumerate(together) for p in layer.parameters(f"{i}.")]
     opt = SGD(lr=0.1, momentum=0.9, weight_decay=0.01)
     alone = [(_layers(core_backend, shapes)[i], SGD(lr=0.1, momentum=0.9, weight_decay=0.01))

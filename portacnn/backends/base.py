@@ -20,6 +20,9 @@ from typing import Any
 import array_api_compat
 import numpy as np  # host side only: random draws and host copies, never kernels
 
+from ..kernels import Kernels
+from ..namespace import describe_array, library_name, namespace
+
 __all__ = ["Backend", "DeviceError", "NoDeviceError", "MemoryPeak", "PortableRNG", "namespace",
            "on_device", "to_numpy", "is_host_array", "describe_array", "library_name"]
 
@@ -76,11 +79,9 @@ class Backend:
         name: the library's name (``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``...).
         xp: the array-API-compatible namespace.
         device: the device arrays are created on.
-        kernel_overrides: the name of a set of faster kernels this backend selects (see
-            :func:`portacnn.kernels.kernel`), or None for the portable kernels alone.
-        train_chunk: most images one forward+backward pass takes at once (a training batch is
-            run as chunks with summed gradients), or None for no limit.
-        infer_chunk: most images one inference forward pass takes at once, or None.
+        kernels: the kernel set this backend runs (:class:`~portacnn.kernels.Kernels`, the
+            portable one, unless a subclass names a faster set): every layer, the optimizers
+            and the training loop call kernels as its attributes.
         host_sync_is_free: True where reading a scalar back (``float(x)``) does not stall a
             device queue, so progress can show running figures.
         device_data_limit: most bytes of data (inputs in the working dtype plus labels) that
@@ -90,22 +91,16 @@ class Backend:
             device's arrays (the CPU) or moving per batch is the better choice.
         accelerator: True when arrays live off the host (a GPU): CPU thread counts do not
             change the device's speed, and timings need :meth:`synchronize`.
-        fuse_updates: True to update all parameters with one set of operations over flat
-            arrays (:mod:`portacnn.optim`): a few kernel launches instead of a few per
-            parameter. False on the CPU, where each parameter's update stays in cache.
         host_memory_traced: True where arrays are NumPy buffers, which ``tracemalloc`` sees
             (:meth:`memory_peak`).
     """
 
     library: str | None = None      # the module a registered subclass serves
     aliases: tuple = ()             # other device strings that select it
-    kernel_overrides: str | None = None
-    train_chunk: int | None = None
-    infer_chunk: int | None = None
+    kernels: Kernels = Kernels()
     host_sync_is_free = False
     device_data_limit: int | None = None
     accelerator = False
-    fuse_updates = True
     host_memory_traced = False
 
     def __init__(self, xp: ModuleType, device: Any = None, native: ModuleType | None = None,
@@ -299,12 +294,6 @@ def on_device(method):
     return run
 
 
-def library_name(xp) -> str:
-    """The library behind a namespace: ``array_api_compat.numpy`` -> ``"numpy"``,
-    ``jax.numpy`` -> ``"jax"``."""
-    return xp.__name__.removeprefix("array_api_compat.").split(".")[0]
-
-
 def is_host_array(x) -> bool:
     """True for a host NumPy array (data a model moves to its device batch by batch)."""
     return isinstance(x, np.ndarray)
@@ -336,52 +325,3 @@ def to_numpy(x) -> np.ndarray:
 
 def _host_device(xp):
     return array_api_compat.device(xp.empty(0))
-
-
-# For these libraries the namespace depends only on the array's type, so it is looked up once
-# per type: array_namespace costs ~15 us a call, and kernels call this dozens of times a step.
-_CACHEABLE = ("numpy", "cupy", "torch", "array_api_strict")
-_NAMESPACE_BY_TYPE: dict = {}
-
-
-def namespace(*arrays):
-    """The array-API namespace of ``arrays``, with an error that says how to fix mixed inputs.
-
-    Kernels call this to infer ``xp`` from their inputs. Arrays from two libraries (a NumPy
-    batch and CuPy weights) or on two devices raise a ``TypeError`` that names both.
-    """
-    kind = type(arrays[0])
-    xp = _NAMESPACE_BY_TYPE.get(kind)
-    if xp is not None and all(type(a) is kind for a in arrays):
-        if kind is np.ndarray:
-            return xp                                   # NumPy has a single device
-        device = arrays[0].device
-        if all(a.device == device for a in arrays):
-            return xp
-    try:
-        xp = array_api_compat.array_namespace(*arrays)
-    except TypeError as exc:
-        kinds = sorted({describe_array(a) for a in arrays if a is not None})
-        raise TypeError(
-            f"arrays from different libraries were mixed ({' and '.join(kinds)}); "
-            "move them to one backend first, e.g. with model.backend.asarray(x)"
-        ) from exc
-    devices = {str(array_api_compat.device(a)) for a in arrays if a is not None}
-    if len(devices) > 1:
-        raise TypeError(
-            f"arrays on different devices were mixed ({', '.join(sorted(devices))}); "
-            "move them to one device first, e.g. with model.backend.asarray(x)"
-        )
-    if len({type(a) for a in arrays}) == 1 and library_name(xp) in _CACHEABLE:
-        _NAMESPACE_BY_TYPE[kind] = xp
-    return xp
-
-
-def describe_array(x) -> str:
-    """``"numpy array on cpu"`` style description of an array, for error messages."""
-    try:
-        xp = array_api_compat.array_namespace(x)
-    except TypeError:
-        return type(x).__name__
-    name = xp.__name__.removeprefix("array_api_compat.")
-    return f"{name} array on {array_api_compat.device(x)}"

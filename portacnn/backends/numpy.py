@@ -1,9 +1,9 @@
 """The NumPy backend: the CPU.
 
-It selects the ``"cpu"`` kernel overrides (:mod:`portacnn.kernels.cpu`): faster array-API
-versions of convolution and pooling for cache-sized CPU work, tested against the portable
-kernels. Training batches run in chunks of ``train_chunk`` images and inference in chunks of
-``infer_chunk``, so each chunk's working set stays in a CPU's L2 cache (see docs/performance.md).
+It runs the CPU kernel set (:class:`portacnn.kernels.CpuKernels`): faster array-API versions
+of convolution and pooling for cache-sized CPU work, tested against the portable kernels, and
+the chunk sizes and per-parameter updates that keep a CPU's working set in cache (see
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 
+from ..kernels import CpuKernels
 from .base import Backend
 from .registry import register
 
@@ -23,11 +24,8 @@ class NumpyBackend(Backend):
 
     library = "numpy"
     aliases = ("cpu",)
-    kernel_overrides = "cpu"
-    train_chunk = 32
-    infer_chunk = 128
+    kernels = CpuKernels()
     host_sync_is_free = True
-    fuse_updates = False
     host_memory_traced = True
 
     @classmethod

@@ -6,7 +6,7 @@ tanh and sigmoid, whose derivatives are cheapest from it; the input for ReLU).
 
 from __future__ import annotations
 
-from ..backends import namespace
+from ..namespace import namespace
 
 __all__ = ["relu", "relu_backward", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward",
            "softmax", "log_softmax"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backends import namespace
+from ..namespace import namespace
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache"]
 

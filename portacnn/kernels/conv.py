@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backends import namespace
+from ..namespace import namespace
 from .unfold import Geometry, check_nchw, fold, geometry, unfold
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_geometry", "ConvCache"]

@@ -1,343 +1,46 @@
-"""Faster CPU versions of convolution and pooling, selected by the NumPy backend.
+"""The NumPy backend's kernel set: :class:`CpuKernels`, the portable set with CPU overrides.
 
-Each override takes the same arguments and returns the same values as the portable kernel of
-its name (:mod:`.conv`, :mod:`.pooling`), and is tested against it and against the naive loops
-on the same geometries. The code is array-API code, but unlike the portable kernels it writes
-into arrays it has just made (``+=``, slice assignment), which NumPy, torch and
-array_api_strict allow and JAX does not. The portable kernels stay the readable reference;
-what changes here is memory order and the number of passes over memory, which on a CPU decide
-whether the working set stays in cache.
+Everything that makes portacnn fast on a CPU is in this class: which kernels are replaced, how
+large a batch runs at once, and how the optimizers update. Each override takes the same
+arguments and returns the same values as the portable kernel of its name and is tested against
+it and against the naive loops on the same geometries (tests/test_cpu_overrides.py). The
+portable kernels stay the readable reference; what changes in the overrides is memory order
+and the number of passes over memory, which on a CPU decide whether the working set stays in
+cache (docs/performance.md says what each buys).
 
 | override | what it does instead of the portable kernel |
 |---|---|
-| ``conv2d_forward`` / ``conv2d_backward`` | two routes, chosen per call (below) |
-| ``max_pool2d_*``, ``min_pool2d_*`` | separable forward, no window stack; backward by slices |
-| ``avg_pool2d_*`` | separable window sums; backward by slices |
-
-**Convolution, batched route** (training, output rows ``SHORT_ROW`` wide or more): the portable
-layout, cols (N, C*kh*kw, OH*OW), built in two passes (the kw column shifts, then the kh row
-shifts of that stack, whose copies move whole (OH, OW) planes rather than rows of OW numbers),
-and the bias added as one (F*OH*OW,) row per sample, so NumPy's inner loop runs over F*OH*OW
-numbers instead of restarting every OH*OW. Its cache is the portable one, and so is its
-backward pass.
-
-**Convolution, batch-minor route** (training with output rows narrower than ``SHORT_ROW``, and
-inference at every width): the batch innermost and no column matrix at all.
-:func:`row_blocks` stacks kw column-shifted copies of the padded input, (Hp, kw*C*OW*N); kh of
-its rows are a contiguous (kh*kw*C, OW*N) view of one output row's columns, so
-
-    forward   y_r  = W' @ block_r                       one product per output row r
-    dW             = sum over r of block_r @ dy_r^T
-    dx             = the adjoint: W'^T @ dy_r added onto kh rows of a block gradient, whose
-                     kw column shifts are then added into the padded input gradient
-
-with ``W'`` the weight's columns ordered (i, j, c). Each copy moves OW*N contiguous numbers
-instead of OW, and the blocks are kw times the input where the columns are kh*kw times, small
-enough to stay in cache. Training outputs and dx are row-major (N, F, OH, OW); the inference
-output is a (N, F, OH, OW) view of (F, OH, OW, N) memory, so the activation and pooling after
-it run over contiguous runs of the batch.
-
-**Pooling**: the forward passes are separable: the kw column-strided slices of the padded
-input are combined into (N, C, Hp, OW), then the kh row-strided slices of that into
-(N, C, OH, OW): kh + kw elementwise passes and no (N, C, kh*kw, OH, OW) stack. Max pooling
-keeps, per element, the offset of the first maximum in row-major order (a strict ``>`` keeps
-the earlier offset on ties), as the portable kernel's ``argmax`` does. The backward passes add
-one output-sized gradient per window offset into a strided slice of the padded input gradient,
-and assign it instead where windows cannot overlap (stride >= kernel, as in LeNet). Masks are
-applied by multiplying with 0/1 rather than by ``where``: NumPy's ``where`` branches per
-element, and after a random input the branches are mispredicted.
+| ``conv2d_forward`` / ``conv2d_backward`` | two routes, chosen per call (:mod:`.cpu_conv`) |
+| ``max_pool2d_*``, ``min_pool2d_*`` | separable forward, no window stack; backward by slices (:mod:`.cpu_pooling`) |
+| ``avg_pool2d_*`` | separable window sums; backward by slices (:mod:`.cpu_pooling`) |
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
+from . import cpu_conv, cpu_pooling
+from .sets import Kernels
 
-from ..backends import namespace
-from .conv import ConvCache, conv_geometry
-from .conv import conv2d_backward as portable_conv2d_backward
-from .pooling import PoolCache, pool_geometry
-from .unfold import Geometry, pad, unpad, window_slice
-
-__all__ = ["OVERRIDES", "SHORT_ROW", "RowBlockCache", "row_blocks", "pad_batch_minor",
-           "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
-           "min_pool2d_forward", "min_pool2d_backward", "avg_pool2d_forward",
-           "avg_pool2d_backward"]
-
-SHORT_ROW = 16     # in training, output rows narrower than this take the batch-minor route
+__all__ = ["CpuKernels"]
 
 
-# --- convolution ----------------------------------------------------------------------------
+class CpuKernels(Kernels):
+    """:class:`~.sets.Kernels` with the CPU's overrides and work sizes.
 
-class RowBlockCache(NamedTuple):
-    """What :func:`conv2d_backward` needs from a batch-minor forward pass: the row blocks
-    (Hp, kw*C*OW*N) of :func:`row_blocks`, the geometry and the input shape. (The batched
-    route keeps the portable :class:`~.conv.ConvCache` of columns.)"""
-
-    blocks: object
-    geometry: Geometry
-    input_shape: tuple
-
-
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str = "zeros", *,
-                   inference: bool = False):
-    """:func:`portacnn.kernels.conv.conv2d_forward` on the CPU: ``x`` (N, C, H, W) convolved
-    with ``weight`` (F, C, kh, kw) plus ``bias`` (F,). Returns ``(y, cache)``, y (N, F, OH, OW).
-
-    Batch-minor route for inference (the cache is None and y a view of (F, OH, OW, N) memory)
-    and for output rows narrower than ``SHORT_ROW`` (a :class:`RowBlockCache`); otherwise the
-    batched route (the portable :class:`~.conv.ConvCache`). See the module docstring.
+    Training batches run in chunks of ``train_chunk`` images (gradients summed) and inference
+    in chunks of ``infer_chunk``, so each chunk's working set stays in a CPU's L2 cache; each
+    parameter is updated by itself (``fuse_updates = False``), its arrays staying in cache,
+    rather than gathered into one flat array.
     """
-    xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
-    g = conv_geometry(x, weight, stride, padding, padding_mode)
-    n, f = x.shape[0], weight.shape[0]
-    if inference or g.ow < SHORT_ROW:
-        blocks = row_blocks(x, g)                                  # (Hp, kw*C*OW*N)
-        y = _by_output_rows(blocks, weight, g, n)                  # (F, OH, OW*N)
-        if bias is not None:
-            y += bias[:, None, None]
-        y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
-        if inference:
-            return y, None
-        return _contiguous(xp, y), RowBlockCache(blocks, g, tuple(x.shape))
-    cols = _columns(x, g)                                          # (N, C*kh*kw, OH*OW)
-    y = xp.reshape(weight, (f, -1)) @ cols                         # (N, F, OH*OW)
-    if bias is not None:
-        length = f * g.oh * g.ow
-        y = xp.reshape(y, (n, length))
-        y += xp.reshape(xp.broadcast_to(bias[:, None], (f, g.oh * g.ow)), (length,))
-    return xp.reshape(y, (n, f, g.oh, g.ow)), ConvCache(cols, g, tuple(x.shape))
 
+    conv2d_forward = staticmethod(cpu_conv.conv2d_forward)
+    conv2d_backward = staticmethod(cpu_conv.conv2d_backward)
+    max_pool2d_forward = staticmethod(cpu_pooling.max_pool2d_forward)
+    max_pool2d_backward = staticmethod(cpu_pooling.max_pool2d_backward)
+    min_pool2d_forward = staticmethod(cpu_pooling.min_pool2d_forward)
+    min_pool2d_backward = staticmethod(cpu_pooling.min_pool2d_backward)
+    avg_pool2d_forward = staticmethod(cpu_pooling.avg_pool2d_forward)
+    avg_pool2d_backward = staticmethod(cpu_pooling.avg_pool2d_backward)
 
-def conv2d_backward(dy, weight, cache: ConvCache | RowBlockCache, need_dx: bool = True):
-    """Gradients of :func:`conv2d_forward` on the route its cache records: ``dy``
-    (N, F, OH, OW) -> ``(dx, dweight, dbias)``, dx (N, C, H, W) row-major, or None when
-    ``need_dx`` is False. The batched route's columns go to the portable backward."""
-    if not isinstance(cache, RowBlockCache):
-        return portable_conv2d_backward(dy, weight, cache, need_dx)
-    xp = namespace(dy, weight)
-    blocks, g, input_shape = cache
-    n, f = dy.shape[:2]
-    dy_mat = xp.reshape(xp.permute_dims(dy, (1, 2, 3, 0)), (f, g.oh * g.ow * n))  # (F, L*N)
-    dweight = _weight_grad_by_output_rows(dy_mat, blocks, tuple(weight.shape), g, n)
-    dx = _input_grad_by_output_rows(dy_mat, weight, g, input_shape) if need_dx else None
-    return dx, dweight, xp.sum(dy_mat, axis=1)
-
-
-def _contiguous(xp, a):
-    # Flattening a permuted array copies it into row-major order; reshaping back is free.
-    return xp.reshape(xp.reshape(a, (-1,)), tuple(a.shape))
-
-
-def _columns(x, g: Geometry):
-    """:func:`~.unfold.unfold` in two passes: (N, C, H, W) -> cols (N, C*kh*kw, OH*OW).
-
-    The kw column-strided slices of the padded input are stacked first, (N, C, kw, Hp, OW);
-    each of the kh row shifts of that stack then copies whole (OH, OW) planes.
-    """
-    xp = namespace(x)
-    n, c = x.shape[:2]
-    shifted = xp.stack(_column_slices(pad(x, g), g), axis=2)        # (N, C, kw, Hp, OW)
-    rows = xp.stack([shifted[:, :, :, g.rows_at(i), :] for i in range(g.kh)], axis=2)
-    return xp.reshape(rows, (n, c * g.window, g.oh * g.ow))       # rows (N, C, kh, kw, OH, OW)
-
-
-def pad_batch_minor(x, g: Geometry):
-    """NCHW ``x`` -> padded (Hp, C, Wp, N): the batch innermost, the rows outermost, as
-    :func:`row_blocks` wants them."""
-    xp = namespace(x)
-    if g.mode == "replicate":
-        return xp.permute_dims(pad(x, g), (2, 1, 3, 0))
-    n, c, h, w = x.shape
-    hp, wp = g.padded_hw(h, w)
-    buf = xp.zeros((hp, c, wp, n), dtype=x.dtype, device=x.device)
-    buf[g.top:g.top + h, :, g.left:g.left + w, :] = xp.permute_dims(x, (2, 1, 3, 0))
-    return buf
-
-
-def row_blocks(x, g: Geometry):
-    """NCHW ``x`` -> (Hp, kw*C*OW*N), the kw column shifts of the padded input with the batch
-    innermost: row p, entry (j, c, ow, n) is ``xpad[n, c, p, ow*sw + j]``.
-
-    The kh rows from ``r * sh`` on, reshaped to (kh*kw*C, OW*N), are the im2col columns of
-    output row r, rows ordered (i, j, c).
-    """
-    xp = namespace(x)
-    n, c = x.shape[:2]
-    xpad = pad_batch_minor(x, g)                                        # (Hp, C, Wp, N)
-    shifted = xp.stack([xpad[:, :, g.cols_at(j), :] for j in range(g.kw)], axis=1)
-    return xp.reshape(shifted, (xpad.shape[0], g.kw * c * g.ow * n))
-
-
-def _block(blocks, r: int, g: Geometry, depth: int):
-    """Output row r's columns: rows r*sh .. r*sh+kh-1 of the row blocks as (kh*kw*C, OW*N)."""
-    top = r * g.sh
-    return namespace(blocks).reshape(blocks[top:top + g.kh, :], (depth, -1))
-
-
-def _by_output_rows(blocks, weight, g: Geometry, n: int):
-    """``W @ cols`` one output row at a time: row r is ``W' @ block_r`` with ``W'`` (F,
-    kh*kw*C) the weight's columns ordered (i, j, c). Returns (F, OH, OW*N)."""
-    xp = namespace(blocks, weight)
-    f, c, kh, kw = weight.shape
-    w_rows = xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (f, kh * kw * c))
-    y = xp.empty((f, g.oh, g.ow * n), dtype=blocks.dtype, device=blocks.device)
-    for r in range(g.oh):
-        y[:, r, :] = w_rows @ _block(blocks, r, g, kh * kw * c)
-    return y
-
-
-def _weight_grad_by_output_rows(dy_mat, blocks, weight_shape, g: Geometry, n: int):
-    """dW = sum over output rows r of ``block_r @ dy_r^T`` (kh*kw*C, F), with ``dy_mat``
-    (F, OH*OW*N). Returns (F, C, kh, kw)."""
-    xp = namespace(dy_mat, blocks)
-    f, c, kh, kw = weight_shape
-    dy_rows = xp.reshape(dy_mat, (f, g.oh, g.ow * n))
-    acc = _block(blocks, 0, g, kh * kw * c) @ xp.matrix_transpose(dy_rows[:, 0, :])
-    for r in range(1, g.oh):
-        acc += _block(blocks, r, g, kh * kw * c) @ xp.matrix_transpose(dy_rows[:, r, :])
-    return xp.permute_dims(xp.reshape(xp.matrix_transpose(acc), (f, kh, kw, c)), (0, 3, 1, 2))
-
-
-def _input_grad_by_output_rows(dy_mat, weight, g: Geometry, input_shape):
-    """dx, the adjoint of :func:`_by_output_rows` and :func:`row_blocks`: output row r's
-    ``W'^T @ dy_r`` (kh*kw*C, OW*N) is added onto kh rows of a (Hp, kw*C*OW*N) block
-    gradient, whose kw column shifts are then added into a padded (Hp, C, Wp, N) gradient.
-    Returns dx (N, C, H, W), padding removed, row-major."""
-    xp = namespace(dy_mat, weight)
-    f, c, kh, kw = weight.shape
-    n, _, h, w = input_shape
-    hp, wp = g.padded_hw(h, w)
-    rows = g.ow * n
-    w_t = xp.reshape(xp.permute_dims(weight, (2, 3, 1, 0)), (kh * kw * c, f))
-    dy_rows = xp.reshape(dy_mat, (f, g.oh, rows))
-    dblocks = xp.zeros((hp, kw * c * rows), dtype=dy_mat.dtype, device=dy_mat.device)
-    for r in range(g.oh):
-        top = r * g.sh
-        dblocks[top:top + kh, :] += xp.reshape(w_t @ dy_rows[:, r, :], (kh, kw * c * rows))
-    dshifted = xp.reshape(dblocks, (hp, kw, c, g.ow, n))
-    buf = xp.zeros((hp, c, wp, n), dtype=dy_mat.dtype, device=dy_mat.device)
-    for j in range(kw):
-        buf[:, :, g.cols_at(j), :] += dshifted[:, j, ...]
-    dx_cm = unpad(xp.permute_dims(buf, (1, 0, 2, 3)), g, axis=1)        # (C, H, W, N)
-    return _contiguous(xp, xp.permute_dims(dx_cm, (3, 0, 1, 2)))
-
-
-# --- pooling --------------------------------------------------------------------------------
-
-def _column_slices(xpad, g: Geometry):
-    """The kw column-strided slices of a padded (N, C, Hp, Wp) input, each (N, C, Hp, OW)."""
-    return [xpad[:, :, :, g.cols_at(j)] for j in range(g.kw)]
-
-
-def _row_slices(a, g: Geometry):
-    """The kh row-strided slices of an (N, C, Hp, OW) array, each (N, C, OH, OW)."""
-    return [a[:, :, g.rows_at(i), :] for i in range(g.kh)]
-
-
-def _reduce_windows(xpad, g: Geometry, combine):
-    """``combine`` (``xp.add``, ``xp.maximum``) over each window of a padded (N, C, Hp, Wp)
-    array, separably: over the column slices, then the row slices. Returns (N, C, OH, OW)."""
-    along_rows = functools.reduce(combine, _column_slices(xpad, g))
-    return functools.reduce(combine, _row_slices(along_rows, g))
-
-
-def _first_max(slices, labels):
-    """Elementwise max over ``slices`` and, per element, the label (an int or an int16 array)
-    of the first slice that holds it."""
-    xp = namespace(slices[0])
-    best = slices[0]
-    arg = xp.zeros(tuple(best.shape), dtype=xp.int16, device=best.device) + labels[0]
-    for s, label in zip(slices[1:], labels[1:]):
-        later = xp.astype(s > best, xp.int16)      # strict: ties keep the earlier slice
-        arg = arg + later * (label - arg)           # where(later, label, arg), branch-free
-        best = xp.maximum(best, s)
-    return best, arg
-
-
-def _spread(part, g: Geometry, input_shape):
-    """Sum one output-sized (N, C, OH, OW) gradient per window offset, ``part(k)`` for offset
-    k = i*kw + j, into a padded buffer and undo the padding: (N, C, H, W). Windows that cannot
-    overlap (stride >= kernel) are assigned rather than added."""
-    n, c, h, w = input_shape
-    overlap = g.sh < g.kh or g.sw < g.kw
-    first = part(0)
-    xp = namespace(first)
-    buf = xp.zeros((n, c) + g.padded_hw(h, w), dtype=first.dtype, device=first.device)
-    for k in range(g.window):
-        key = window_slice(g, k // g.kw, k % g.kw)
-        value = first if k == 0 else part(k)
-        if overlap:
-            buf[key] += value
-        else:
-            buf[key] = value
-    return unpad(buf, g)
-
-
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
-                       inference: bool = False):
-    """:func:`portacnn.kernels.pooling.max_pool2d_forward`, separable. Returns ``(y, cache)``,
-    y (N, C, OH, OW); the cache's ``argmax`` is the int16 window offset of each first maximum."""
-    xp = namespace(x)
-    g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    xpad = pad(x, g, -float("inf"))
-    if inference:
-        y = _reduce_windows(xpad, g, xp.maximum)
-    else:
-        # the column of each row's first maximum, then the first row holding the window's
-        row_max, col_arg = _first_max(_column_slices(xpad, g), list(range(g.kw)))
-        row_labels = [a + i * g.kw for i, a in enumerate(_row_slices(col_arg, g))]
-        y, argmax = _first_max(_row_slices(row_max, g), row_labels)
-    if g.window == 1:
-        y = xp.asarray(y, copy=True)                   # never hand out a view of x
-    return y, None if inference else PoolCache(argmax, g, tuple(x.shape))
-
-
-def max_pool2d_backward(dy, cache: PoolCache):
-    """Route ``dy`` (N, C, OH, OW) to the first maximum of each window. Returns dx."""
-    xp = namespace(dy)
-    argmax, g, input_shape = cache
-    # dy times a 0/1 mask rather than where (see the module docstring)
-    return _spread(lambda k: dy * xp.astype(argmax == k, dy.dtype), g, input_shape)
-
-
-def min_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
-                       inference: bool = False):
-    """Min over each window: max pooling of ``-x``. Returns ``(y, cache)``."""
-    y, cache = max_pool2d_forward(-x, kernel_size, stride, padding, padding_mode,
-                                  inference=inference)
-    return -y, cache
-
-
-def min_pool2d_backward(dy, cache: PoolCache):
-    """Route ``dy`` to the first minimum of each window (the routing of max pooling of -x)."""
-    return max_pool2d_backward(dy, cache)
-
-
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
-                       inference: bool = False):
-    """Mean over each window (padding counted), from separable window sums. Returns
-    ``(y, cache)``."""
-    xp = namespace(x)
-    g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    y = _reduce_windows(pad(x, g), g, xp.add) * (1.0 / g.window)
-    return y, None if inference else PoolCache(None, g, tuple(x.shape))
-
-
-def avg_pool2d_backward(dy, cache: PoolCache):
-    """Spread ``dy / (kh*kw)`` evenly over each window. Returns dx (N, C, H, W)."""
-    _, g, input_shape = cache
-    share = dy * (1.0 / g.window)
-    return _spread(lambda k: share, g, input_shape)
-
-
-OVERRIDES = {
-    "conv2d_forward": conv2d_forward,
-    "conv2d_backward": conv2d_backward,
-    "max_pool2d_forward": max_pool2d_forward,
-    "max_pool2d_backward": max_pool2d_backward,
-    "min_pool2d_forward": min_pool2d_forward,
-    "min_pool2d_backward": min_pool2d_backward,
-    "avg_pool2d_forward": avg_pool2d_forward,
-    "avg_pool2d_backward": avg_pool2d_backward,
-}
+    train_chunk = 32
+    infer_chunk = 128
+    fuse_updates = False

@@ -6,7 +6,7 @@ Shapes: x (N, in_features), weight (out_features, in_features) as in PyTorch, bi
 
 from __future__ import annotations
 
-from ..backends import namespace
+from ..namespace import namespace
 
 __all__ = ["dense_forward", "dense_backward"]
 

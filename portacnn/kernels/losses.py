@@ -6,7 +6,7 @@ when you need a Python number.
 
 from __future__ import annotations
 
-from ..backends import namespace
+from ..namespace import namespace
 from .activations import log_softmax
 
 __all__ = ["softmax_cross_entropy", "mse", "one_hot"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backends import namespace
+from ..namespace import namespace
 from .unfold import Geometry, check_nchw, geometry, pad, scatter_windows, windows
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import array_api_extra as xpx
 
-from ..backends import namespace
+from ..namespace import namespace
 
 __all__ = ["Geometry", "geometry", "im2col", "col2im", "unfold", "fold", "pad", "unpad", "crop",
            "windows", "scatter_windows", "repeat_pixels", "check_nchw", "PADDING_MODES"]

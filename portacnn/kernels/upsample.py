@@ -6,7 +6,7 @@ a reshape to (N, C, H, rh, W, rw) and one sum.
 
 from __future__ import annotations
 
-from ..backends import namespace
+from ..namespace import namespace
 from .unfold import check_nchw, kernel_pair, repeat_pixels
 
 __all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
