@@ -217,8 +217,8 @@ class DataParallel:
                 f"layer {', '.join(coupled)} computes statistics over the whole batch, so rank "
                 "shards would not train like one process: train this model in one process, or "
                 "use a model without batch normalisation")
-        self._agree("model", [(p.name, tuple(p.shape)) for p in model.parameters()]
-                    + [(name, tuple(b.shape)) for name, b in model.buffers().items()])
+        self._agree("model", [(slot.name, slot.shape)
+                              for slot in (*model.parameters(), *model.buffers())])
         self._broadcast_state()
         self._share_dropout_masks()
 
@@ -239,12 +239,10 @@ class DataParallel:
     def _broadcast_state(self) -> None:
         """Replace every parameter and buffer with rank 0's."""
         backend = self.model.backend
-        for layer in self.model.layers:
-            for store in (layer.params, layer.buffers):
-                for key, value in store.items():
-                    host = np.array(to_numpy(value), copy=True, order="C")
-                    self.comm.Bcast(host, root=0)
-                    store[key] = backend.asarray(host)
+        for slot in (*self.model.parameters(), *self.model.buffers()):
+            host = np.array(to_numpy(slot.value), copy=True, order="C")
+            self.comm.Bcast(host, root=0)
+            slot.value = backend.asarray(host)
 
     def _share_dropout_masks(self) -> None:
         """Give each dropout layer a generator that draws whole-batch masks, in rank 0's

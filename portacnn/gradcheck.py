@@ -63,13 +63,14 @@ def check_layer(layer, x, eps: float = 1e-6, seed: int = 0) -> dict:
     if dx is not None:
         errors["input"] = relative_error(dx, numerical_gradient(loss_of_input, x, eps))
     analytic = {k: xp.asarray(g, copy=True) for k, g in layer.grads.items()}
-    for key, param in list(layer.params.items()):
-        def loss_of_param(pv, key=key):
-            saved = layer.params[key]
-            layer.params[key] = pv
+    for param in layer.parameters():
+        def loss_of_param(pv, param=param):
+            saved = param.value
+            param.value = pv
             try:
                 return xp.sum(layer.forward(x) * r)
             finally:
-                layer.params[key] = saved
-        errors[key] = relative_error(analytic[key], numerical_gradient(loss_of_param, param, eps))
+                param.value = saved
+        errors[param.key] = relative_error(analytic[param.key],
+                                           numerical_gradient(loss_of_param, param.value, eps))
     return errors

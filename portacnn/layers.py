@@ -20,7 +20,7 @@ from .kernels.unfold import (check_nchw, check_padding, check_padding_mode, geom
                              stride_pair)
 from .backends import Backend, PortableRNG, backend_of, get_backend
 
-__all__ = ["Parameter", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
+__all__ = ["Parameter", "Buffer", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
            "BatchNorm1D", "Dense", "Flatten", "ReLU", "Tanh", "Sigmoid", "Dropout", "LAYERS"]
 
 
@@ -29,7 +29,8 @@ class Parameter:
 
     ``value`` is ``layer.params[key]`` and ``grad`` is ``layer.grads[key]`` (None before the
     first backward pass); assigning ``value`` replaces the layer's array, which is how the
-    optimizers update parameters on backends whose arrays are immutable (JAX).
+    optimizers update parameters on backends whose arrays are immutable (JAX). A model makes
+    its ``Parameter`` objects once, when it is built (:meth:`portacnn.Sequential.parameters`).
     """
 
     __slots__ = ("name", "layer", "key")
@@ -59,6 +60,31 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+class Buffer:
+    """One array of a layer's state that is saved but not trained (batch norm's running
+    statistics): ``value`` is ``layer.buffers[key]``, and assigning it replaces the array."""
+
+    __slots__ = ("name", "layer", "key")
+
+    def __init__(self, name: str, layer: "Layer", key: str):
+        self.name, self.layer, self.key = name, layer, key
+
+    @property
+    def value(self):
+        return self.layer.buffers[self.key]
+
+    @value.setter
+    def value(self, array) -> None:
+        self.layer.buffers[self.key] = array
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, shape={self.shape})"
 
 
 class Layer:
@@ -129,8 +155,13 @@ class Layer:
         return self.backend.dtype(self.dtype_name)
 
     def parameters(self, prefix: str = "") -> list[Parameter]:
-        """The layer's :class:`Parameter` objects, named ``prefix + key``."""
+        """New :class:`Parameter` objects for the layer's trainable arrays, named
+        ``prefix + key`` (a model makes them once, when it is built)."""
         return [Parameter(prefix + key, self, key) for key in self.params]
+
+    def buffer_slots(self, prefix: str = "") -> list[Buffer]:
+        """New :class:`Buffer` objects for the layer's saved, untrained arrays."""
+        return [Buffer(prefix + key, self, key) for key in self.buffers]
 
     @property
     def kernels(self):

@@ -19,9 +19,9 @@ import math
 import sys
 
 from . import checkpoint, training
-from .backends import Backend, get_backend, on_device, to_numpy
+from .backends import Backend, get_backend, on_device
 from .checkpoint import CheckpointError
-from .layers import LAYERS, Layer, Parameter
+from .layers import LAYERS, Buffer, Layer, Parameter
 from .optim import Optimizer, get_optimizer
 
 __all__ = ["Sequential", "load"]
@@ -65,6 +65,8 @@ class Sequential:
         self.optimizer: Optimizer | None = None
         self.training = True
         self.output_shape = None              # per-sample output shape, set by build
+        self._parameters: tuple[Parameter, ...] = ()    # made once, by build
+        self._buffers: tuple[Buffer, ...] = ()
         self._forward_mode = None             # "train" / "eval": the mode of the last forward
         for layer in layers or []:
             self.add(layer)
@@ -124,6 +126,10 @@ class Sequential:
                     raise ValueError(f"layer {i} ({layer.name}): {exc}") from None
                 layer.need_input_grad = i > 0     # nothing upstream of the first layer
                 layer.train(self.training)
+        self._parameters = tuple(p for i, layer in enumerate(self.layers)
+                                 for p in layer.parameters(f"{i}."))
+        self._buffers = tuple(b for i, layer in enumerate(self.layers)
+                              for b in layer.buffer_slots(f"{i}."))
         self.output_shape = shape
         return self
 
@@ -160,15 +166,16 @@ class Sequential:
         self.build(self.input_shape or tuple(x.shape[1:]))
 
     # --- parameters -------------------------------------------------------------------------
-    def parameters(self) -> list[Parameter]:
+    def parameters(self) -> tuple[Parameter, ...]:
         """Every trainable :class:`~portacnn.layers.Parameter`, named ``"{layer}.{key}"``
-        (``"0.weight"``): the one walk the optimizer, checkpoints and data parallelism use."""
-        return [p for i, layer in enumerate(self.layers) for p in layer.parameters(f"{i}.")]
+        (``"0.weight"``), made once when the model is built: the optimizer, checkpoints and
+        data parallelism all use these objects. Empty before the model is built."""
+        return self._parameters
 
-    def buffers(self) -> dict:
-        """Non-trained state by name (``"1.running_mean"``), saved with the model."""
-        return {f"{i}.{key}": value for i, layer in enumerate(self.layers)
-                for key, value in layer.buffers.items()}
+    def buffers(self) -> tuple[Buffer, ...]:
+        """Every saved but untrained array as a :class:`~portacnn.layers.Buffer`, named
+        ``"{layer}.{key}"`` (``"1.running_mean"``), made once when the model is built."""
+        return self._buffers
 
     def num_params(self) -> int:
         return sum(layer.num_params() for layer in self.layers)
@@ -196,7 +203,7 @@ class Sequential:
                f"input (N, {', '.join(map(str, self.input_shape))})", line, fmt(head), line]
         out += [fmt(r) for r in rows]
         out += [line, f"Total params: {self.num_params():,}"]
-        buffers = sum(math.prod(b.shape) for b in self.buffers().values())
+        buffers = sum(math.prod(b.shape) for b in self.buffers())
         if buffers:
             out.append(f"Buffers (running statistics, not trained): {buffers:,}")
         text = "\n".join(out)
@@ -330,20 +337,15 @@ class Sequential:
 
         Tensor names: ``layers.{i}.{weight|bias|<buffer>}`` (e.g. ``layers.0.weight``, shape
         (out, in, kh, kw)) and ``optimizer.{i}.{param}.{slot}``
-        (``optimizer.0.weight.momentum``). Returns the path.
+        (``optimizer.0.weight.momentum``); see :mod:`portacnn.checkpoint`. Returns the path.
         """
         self.require_built()
-        tensors = {f"layers.{p.name}": to_numpy(p.value) for p in self.parameters()}
-        tensors.update({f"layers.{name}": to_numpy(v) for name, v in self.buffers().items()})
         opt = self.optimizer if include_optimizer else None
-        if opt is not None:
-            for pname, slots in opt.state.items():
-                for slot, value in slots.items():
-                    tensors[f"optimizer.{pname}.{slot}"] = to_numpy(value)
         description = {
             "model": self.architecture(),
             "optimizer": None if opt is None else {"config": opt.get_config(), "steps": opt.steps},
         }
+        tensors = checkpoint.model_tensors(self.parameters(), self.buffers(), opt)
         return checkpoint.write(path, tensors, description)
 
 
@@ -375,20 +377,8 @@ def load(path, device=None) -> Sequential:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the architecture cannot be rebuilt ({exc})") from None
 
-    expected = {f"layers.{p.name}": (p.layer.params, p.key, p.shape) for p in model.parameters()}
-    for i, layer in enumerate(model.layers):
-        for key, value in layer.buffers.items():
-            expected[f"layers.{i}.{key}"] = (layer.buffers, key, tuple(value.shape))
-    stored = {k for k in tensors if k.startswith("layers.")}
-    missing, extra = sorted(set(expected) - stored), sorted(stored - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{path}: tensors do not match the architecture "
-                              f"(missing {missing[:4]}, unexpected {extra[:4]})")
-    for name, (_, _, shape) in expected.items():
-        arr = tensors[name]
-        if tuple(arr.shape) != shape or str(arr.dtype) != arch["dtype"]:
-            raise CheckpointError(f"{path}: {name} is {arr.dtype}{tuple(arr.shape)} but the "
-                                  f"architecture needs {arch['dtype']}{shape}")
+    slots = (*model.parameters(), *model.buffers())
+    checkpoint.check_tensors(path, tensors, slots, arch["dtype"])
     optimizer = None
     if desc.get("optimizer"):
         try:
@@ -396,15 +386,11 @@ def load(path, device=None) -> Sequential:
             optimizer.steps = int(desc["optimizer"]["steps"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: the optimizer settings are corrupted ({exc})") from None
-        names = {p.name for p in model.parameters()}
-        for key, arr in tensors.items():
-            if key.startswith("optimizer."):
-                pname, _, slot = key[len("optimizer."):].rpartition(".")
-                if pname not in names:
-                    raise CheckpointError(f"{path}: optimizer state {key} names no parameter")
-                optimizer.state.setdefault(pname, {})[slot] = backend.asarray(arr)
+        state = checkpoint.optimizer_state(path, tensors, [p.name for p in model.parameters()])
+        optimizer.state = {name: {key: backend.asarray(arr) for key, arr in held.items()}
+                           for name, held in state.items()}
     # Everything checked: only now fill the (new) model.
-    for name, (store, key, _) in expected.items():
-        store[key] = backend.asarray(tensors[name])
+    for slot in slots:
+        slot.value = backend.asarray(checkpoint.layer_tensor(tensors, slot))
     model.optimizer = optimizer
     return model

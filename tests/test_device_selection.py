@@ -122,7 +122,7 @@ def _on(backend, arrays):
 def _every_array(model):
     arrays = {p.name: p.value for p in model.parameters()}
     arrays.update({f"grad {p.name}": p.grad for p in model.parameters() if p.grad is not None})
-    arrays.update({f"buffer {k}": v for k, v in model.buffers().items()})
+    arrays.update({f"buffer {b.name}": b.value for b in model.buffers()})
     if model.optimizer is not None:
         arrays.update({f"state {k}.{s}": v for k, slots in model.optimizer.state.items()
                        for s, v in slots.items()})

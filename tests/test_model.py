@@ -277,3 +277,21 @@ def test_a_model_with_dropout_trains_after_moving_to_another_backend():
     history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert np.isfinite(history["loss"][0])
     assert model.backend.name == "array_api_strict"
+
+
+def test_parameters_and_buffers_are_made_once_when_the_model_is_built():
+    """The optimizer, checkpoints and data parallelism share one set of Parameter objects."""
+    model = lenet5("relu", "max", batchnorm=True, dtype="float64", seed=0)
+    params, buffers = model.parameters(), model.buffers()
+    assert [p.name for p in params][:3] == ["0.weight", "1.weight", "1.bias"]   # conv, BN
+    assert {b.name for b in buffers} >= {"1.running_mean", "1.running_var"}
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 1, 28, 28)), rng.integers(0, 10, 8)
+    model.train_step(x, y, SGD(0.1, momentum=0.9))
+    again = model.parameters()
+    assert len(again) == len(params) and all(a is b for a, b in zip(again, params))
+    assert all(a is b for a, b in zip(model.buffers(), buffers))
+    # the objects see the arrays the step replaced (updates are functional)
+    assert params[0].value is model.layers[0].params["weight"]
+    assert buffers[0].value is model.layers[1].buffers["running_mean"]
+    assert Sequential([Dense(3)]).parameters() == ()          # nothing before build
