@@ -30,7 +30,7 @@ HOST_NUMPY_ALLOWED = {
     "portacnn/data/": "host data loading (NumPy arrays a model moves batch by batch)",
     "portacnn/gradcheck.py": "host float64 finite differences",
     "portacnn/checkpoint.py": "host NumPy arrays for safetensors",
-    "portacnn/distributed.py": "host NumPy buffers that MPI sends and receives",
+    "portacnn/distributed/data_parallel.py": "host NumPy buffers that MPI sends and receives",
 }
 
 
