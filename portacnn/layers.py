@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 
-from .kernels.unfold import (check_nchw, check_padding, check_padding_mode, geometry, kernel_pair,
-                             stride_pair)
+from .kernels.geometry import (check_nchw, check_padding, check_padding_mode, geometry,
+                               kernel_pair, stride_pair)
 from .backends import Backend, PortableRNG, backend_of, get_backend
 
 __all__ = ["Parameter", "Buffer", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D", "Upsample2D", "BatchNorm2D",
@@ -271,7 +271,7 @@ class Conv2D(Layer):
         kernel_size: int or (kh, kw).
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
-            :mod:`portacnn.kernels.unfold`).
+            :mod:`portacnn.kernels.geometry`).
         padding_mode: ``"zeros"`` (default) or ``"replicate"`` (edge pixels repeated).
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).

@@ -19,7 +19,8 @@ from portacnn import reference as R
 from portacnn.backends import get_backend
 from portacnn.kernels import CpuKernels, Kernels, cpu_conv, cpu_pooling
 from portacnn.kernels.conv import ConvCache
-from portacnn.kernels.unfold import geometry, im2col
+from portacnn.kernels.geometry import geometry
+from portacnn.kernels.im2col import im2col
 
 from conftest import SELECTED, assert_close, make_backend
 from test_kernels import CASES, POOL_CASES, _ids
@@ -177,7 +178,7 @@ def test_row_blocks_hold_each_output_rows_columns(mutable_backend, host_rng, str
     g = geometry((h, w), (kh, kw), stride, padding, mode)
     blocks = mutable_backend.to_numpy(cpu_conv.row_blocks(mutable_backend.asarray(x), g))
     assert blocks.shape == (g.padded_hw(h, w)[0], kw * c * g.ow * n)
-    cols = im2col(x, (kh, kw), stride, padding, mode)       # (N, C*kh*kw, OH*OW)
+    cols = im2col(x, g)                                     # (N, C*kh*kw, OH*OW)
     want = np.transpose(cols.reshape(n, c, kh, kw, g.oh, g.ow), (4, 2, 3, 1, 5, 0))
     for r in range(g.oh):
         got = blocks[r * g.sh:r * g.sh + kh].reshape(kh, kw, c, g.ow, n)

@@ -144,10 +144,11 @@ def test_replicate_padding_pools_match_loops(backend, host_rng, kind):
 
 def test_replicate_col2im_is_adjoint_of_im2col(backend, host_rng):
     x = host_rng.normal(size=(2, 2, 5, 6))
-    cols = K.im2col(backend.asarray(x), 3, 2, 2, padding_mode="replicate")
+    geo = K.geometry((5, 6), 3, 2, 2, padding_mode="replicate")
+    cols = K.im2col(backend.asarray(x), geo)
     g = host_rng.normal(size=tuple(cols.shape))
     lhs = float(np.sum(backend.to_numpy(cols) * g))
-    back = K.col2im(backend.asarray(g), x.shape, 3, 2, 2, padding_mode="replicate")
+    back = K.col2im(backend.asarray(g), geo, x.shape)
     rhs = float(np.sum(x * backend.to_numpy(back)))
     assert abs(lhs - rhs) <= 1e-10 * max(abs(lhs), 1.0)
 

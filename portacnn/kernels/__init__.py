@@ -7,6 +7,13 @@ PyTorch, JAX and array_api_strict. These portable kernels are the reference the 
 A backend runs a kernel *set* (``backend.kernels``): :class:`Kernels` holds the portable
 functions as attributes, and a backend's faster versions are a subclass that replaces a few
 of them (:class:`CpuKernels`, the NumPy backend's; see :mod:`.sets`).
+
+Convolution and pooling share three helper modules: :mod:`.geometry` (arguments checked and
+resolved to a :class:`Geometry`, the output-size formulas), :mod:`.padding` (``pad`` and its
+adjoint ``unpad``) and :mod:`.im2col` (``im2col``, ``col2im`` and the window stacks). The package
+exports the functions :func:`geometry` and :func:`im2col`, which hide the modules of the same
+name as attributes (``portacnn.kernels.geometry`` is the function): import names from those
+modules with ``from portacnn.kernels.geometry import check_nchw``.
 """
 
 from .activations import (log_softmax, relu, relu_backward, sigmoid, sigmoid_backward, softmax,
@@ -16,19 +23,20 @@ from .conv import conv2d_backward, conv2d_forward
 from .cpu import CpuKernels
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
+from .geometry import Geometry, geometry
+from .im2col import col2im, im2col
 from .losses import mse, one_hot, softmax_cross_entropy
 from .pooling import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                       max_pool2d_forward, min_pool2d_backward, min_pool2d_forward)
 from .sets import Kernels
-from .unfold import col2im, geometry, im2col
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [
-    "CpuKernels", "Kernels", "avg_pool2d_backward", "avg_pool2d_forward", "batchnorm_backward",
-    "batchnorm_forward", "col2im", "conv2d_backward", "conv2d_forward", "dense_backward",
-    "dense_forward", "dropout_backward", "dropout_forward", "geometry", "im2col",
-    "log_softmax", "max_pool2d_backward", "max_pool2d_forward", "min_pool2d_backward",
-    "min_pool2d_forward", "mse", "one_hot", "relu", "relu_backward", "sigmoid",
-    "sigmoid_backward", "softmax", "softmax_cross_entropy", "tanh", "tanh_backward",
+    "CpuKernels", "Geometry", "Kernels", "avg_pool2d_backward", "avg_pool2d_forward",
+    "batchnorm_backward", "batchnorm_forward", "col2im", "conv2d_backward", "conv2d_forward",
+    "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "geometry",
+    "im2col", "log_softmax", "max_pool2d_backward", "max_pool2d_forward",
+    "min_pool2d_backward", "min_pool2d_forward", "mse", "one_hot", "relu", "relu_backward",
+    "sigmoid", "sigmoid_backward", "softmax", "softmax_cross_entropy", "tanh", "tanh_backward",
     "upsample_nearest_backward", "upsample_nearest_forward",
 ]

@@ -5,7 +5,7 @@ Shapes::
     x       (N, C, H, W)
     weight  (F, C, kh, kw)
     bias    (F,)
-    cols    (N, C*kh*kw, OH*OW)      im2col of x (see :mod:`.unfold`)
+    cols    (N, C*kh*kw, OH*OW)      im2col of x (see :mod:`.im2col`)
     y       (N, F, OH, OW)           OH = floor((H + pad_h - kh) / s) + 1
 
 Forward is one matrix product, broadcast over the batch::
@@ -27,7 +27,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..namespace import namespace
-from .unfold import Geometry, check_nchw, fold, geometry, unfold
+from .geometry import Geometry, check_nchw, geometry
+from .im2col import col2im, im2col
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_geometry", "ConvCache"]
 
@@ -67,7 +68,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str 
     g = conv_geometry(x, weight, stride, padding, padding_mode)
     n = x.shape[0]
     f = weight.shape[0]
-    cols = unfold(x, g)                                          # (N, C*kh*kw, OH*OW)
+    cols = im2col(x, g)                                          # (N, C*kh*kw, OH*OW)
     y = xp.reshape(weight, (f, -1)) @ cols                       # (N, F, OH*OW)
     if bias is not None:
         y = y + bias[:, None]
@@ -96,5 +97,5 @@ def conv2d_backward(dy, weight, cache: ConvCache, need_dx: bool = True):
     dx = None
     if need_dx:
         w_mat = xp.reshape(weight, (f, -1))
-        dx = fold(xp.matrix_transpose(w_mat) @ dy_mat, g, input_shape)  # (N, C, H, W)
+        dx = col2im(xp.matrix_transpose(w_mat) @ dy_mat, g, input_shape)  # (N, C, H, W)
     return dx, xp.reshape(dweight, tuple(weight.shape)), dbias

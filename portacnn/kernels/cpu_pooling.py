@@ -21,7 +21,9 @@ import functools
 
 from ..namespace import namespace
 from .pooling import PoolCache, pool_geometry
-from .unfold import Geometry, pad, unpad, window_slice
+from .geometry import Geometry
+from .im2col import window_slice
+from .padding import pad, unpad
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",
            "min_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]

@@ -4,9 +4,9 @@ Shapes: x (N, C, H, W) -> y (N, C, OH, OW), each channel pooled on its own. ``st
 to the kernel size (non-overlapping windows), as in PyTorch.
 
 Forward stacks the kh*kw window offsets of the padded input on one axis,
-(N, C, kh*kw, OH, OW) (:func:`~.unfold.windows`, what im2col is made of), and reduces it.
+(N, C, kh*kw, OH, OW) (:func:`~.im2col.windows`, what im2col is made of), and reduces it.
 Backward builds the window gradients on that axis and sums them back onto the input with
-:func:`~.unfold.scatter_windows` (col2im's core).
+:func:`~.im2col.scatter_windows` (col2im's core).
 
 Max pooling pads with -inf and sends each output's gradient to exactly one input: the *first*
 maximum of its window in row-major order (``argmax``), as PyTorch does. A ``x == max`` mask
@@ -24,7 +24,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..namespace import namespace
-from .unfold import Geometry, check_nchw, geometry, pad, scatter_windows, windows
+from .geometry import Geometry, check_nchw, geometry
+from .im2col import scatter_windows, windows
+from .padding import pad
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",
            "min_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",

@@ -7,9 +7,9 @@ a reshape to (N, C, H, rh, W, rw) and one sum.
 from __future__ import annotations
 
 from ..namespace import namespace
-from .unfold import check_nchw, kernel_pair, repeat_pixels
+from .geometry import check_nchw, kernel_pair
 
-__all__ = ["upsample_nearest_forward", "upsample_nearest_backward"]
+__all__ = ["upsample_nearest_forward", "upsample_nearest_backward", "repeat_pixels"]
 
 
 def _scale(scale):
@@ -17,6 +17,17 @@ def _scale(scale):
         return kernel_pair(scale)
     except (TypeError, ValueError):
         raise ValueError(f"scale must be a positive int or pair, got {scale!r}") from None
+
+
+def repeat_pixels(x, factors):
+    """Nearest-neighbour upsampling of the last two axes: each pixel becomes an (rh, rw)
+    block. (..., H, W) -> (..., H*rh, W*rw): one broadcast and one copy."""
+    xp = namespace(x)
+    rh, rw = factors
+    shape = tuple(x.shape)
+    lead, (h, w) = shape[:-2], shape[-2:]
+    blocks = xp.broadcast_to(xp.reshape(x, lead + (h, 1, w, 1)), lead + (h, rh, w, rw))
+    return xp.reshape(blocks, lead + (h * rh, w * rw))
 
 
 def upsample_nearest_forward(x, scale):
