@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .kernels.geometry import (check_nchw, check_padding, check_padding_mode, geometry,
+from .kernels.shapes import (check_nchw, check_padding, check_padding_mode, geometry,
                                kernel_pair, stride_pair)
 from .backends import Backend, PortableRNG, backend_of, get_backend
 
@@ -271,7 +271,7 @@ class Conv2D(Layer):
         kernel_size: int or (kh, kw).
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
-            :mod:`portacnn.kernels.geometry`).
+            :mod:`portacnn.kernels.shapes`).
         padding_mode: ``"zeros"`` (default) or ``"replicate"`` (edge pixels repeated).
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).

@@ -21,7 +21,7 @@ def library_name(xp) -> str:
 
 
 # For these libraries the namespace depends only on the array's type, so it is looked up once
-# per type: array_namespace costs ~15 us a call, and kernels call this dozens of times a step.
+# per type: kernels ask dozens of times a step, and array_namespace's full search is slow.
 # (JAX's arrays are of several types whose namespace is found on each call.)
 _CACHEABLE = ("numpy", "cupy", "torch", "array_api_strict")
 _NAMESPACE_BY_TYPE: dict = {}

@@ -19,8 +19,8 @@ from portacnn import reference as R
 from portacnn.backends import get_backend
 from portacnn.kernels import CpuKernels, Kernels, cpu_conv, cpu_pooling
 from portacnn.kernels.conv import ConvCache
-from portacnn.kernels.geometry import geometry
-from portacnn.kernels.im2col import im2col
+from portacnn.kernels.shapes import geometry
+from portacnn.kernels.columns import im2col
 
 from conftest import SELECTED, assert_close, make_backend
 from test_kernels import CASES, POOL_CASES, _ids

@@ -5,7 +5,7 @@ import pytest
 
 from portacnn import kernels as K
 from portacnn import reference as R
-from portacnn.kernels.geometry import geometry
+from portacnn.kernels.shapes import geometry
 
 from conftest import assert_close
 

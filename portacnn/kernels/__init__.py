@@ -8,27 +8,24 @@ A backend runs a kernel *set* (``backend.kernels``): :class:`Kernels` holds the 
 functions as attributes, and a backend's faster versions are a subclass that replaces a few
 of them (:class:`CpuKernels`, the NumPy backend's; see :mod:`.sets`).
 
-Convolution and pooling share three helper modules: :mod:`.geometry` (arguments checked and
+Convolution and pooling share three helper modules: :mod:`.shapes` (arguments checked and
 resolved to a :class:`Geometry`, the output-size formulas), :mod:`.padding` (``pad`` and its
-adjoint ``unpad``) and :mod:`.im2col` (``im2col``, ``col2im`` and the window stacks). The package
-exports the functions :func:`geometry` and :func:`im2col`, which hide the modules of the same
-name as attributes (``portacnn.kernels.geometry`` is the function): import names from those
-modules with ``from portacnn.kernels.geometry import check_nchw``.
+adjoint ``unpad``) and :mod:`.columns` (``im2col``, ``col2im`` and the window stacks).
 """
 
 from .activations import (log_softmax, relu, relu_backward, sigmoid, sigmoid_backward, softmax,
                           tanh, tanh_backward)
 from .batchnorm import batchnorm_backward, batchnorm_forward
+from .columns import col2im, im2col
 from .conv import conv2d_backward, conv2d_forward
 from .cpu import CpuKernels
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
-from .geometry import Geometry, geometry
-from .im2col import col2im, im2col
 from .losses import mse, one_hot, softmax_cross_entropy
 from .pooling import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                       max_pool2d_forward, min_pool2d_backward, min_pool2d_forward)
 from .sets import Kernels
+from .shapes import Geometry, geometry
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [

@@ -5,7 +5,7 @@ Shapes::
     x       (N, C, H, W)
     weight  (F, C, kh, kw)
     bias    (F,)
-    cols    (N, C*kh*kw, OH*OW)      im2col of x (see :mod:`.im2col`)
+    cols    (N, C*kh*kw, OH*OW)      im2col of x (see :mod:`.columns`)
     y       (N, F, OH, OW)           OH = floor((H + pad_h - kh) / s) + 1
 
 Forward is one matrix product, broadcast over the batch::
@@ -19,7 +19,7 @@ Backward, with ``dY = dy.reshape(N, F, OH*OW)``::
     dx = col2im(W^T @ dY)                  skipped when ``need_dx`` is False (a first layer)
 
 This is the portable implementation every backend can run and the one the docs teach; a
-backend may select a faster one by name (:func:`portacnn.kernels.kernel`).
+backend may run a faster one in its kernel set (:class:`portacnn.kernels.CpuKernels`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..namespace import namespace
-from .geometry import Geometry, check_nchw, geometry
-from .im2col import col2im, im2col
+from .shapes import Geometry, check_nchw, geometry
+from .columns import col2im, im2col
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv_geometry", "ConvCache"]
 

@@ -36,7 +36,7 @@ from typing import NamedTuple
 from ..namespace import namespace
 from .conv import ConvCache, conv_geometry
 from .conv import conv2d_backward as portable_conv2d_backward
-from .geometry import Geometry
+from .shapes import Geometry
 from .padding import pad, unpad
 
 __all__ = ["SHORT_ROW", "RowBlockCache", "row_blocks", "pad_batch_minor", "conv2d_forward",
@@ -106,7 +106,7 @@ def _contiguous(xp, a):
 
 
 def _columns(x, g: Geometry):
-    """:func:`~.im2col.im2col` in two passes: (N, C, H, W) -> cols (N, C*kh*kw, OH*OW).
+    """:func:`~.columns.im2col` in two passes: (N, C, H, W) -> cols (N, C*kh*kw, OH*OW).
 
     The kw column-strided slices of the padded input are stacked first, (N, C, kw, Hp, OW);
     each of the kh row shifts of that stack then copies whole (OH, OW) planes.

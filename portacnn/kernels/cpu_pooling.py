@@ -21,8 +21,8 @@ import functools
 
 from ..namespace import namespace
 from .pooling import PoolCache, pool_geometry
-from .geometry import Geometry
-from .im2col import window_slice
+from .shapes import Geometry
+from .columns import window_slice
 from .padding import pad, unpad
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",

@@ -2,7 +2,7 @@
 
 ``padding_mode`` is ``"zeros"`` (a constant: 0, or -inf for max pooling) or ``"replicate"`` (the
 edge pixels repeated, as ``torch.nn.functional.pad(mode="replicate")``). The widths come from a
-:class:`~.geometry.Geometry`::
+:class:`~.shapes.Geometry`::
 
     pad    (N, C, H, W)   -> (N, C, H + top + bottom, W + left + right)
     unpad  (N, C, Hp, Wp) -> (N, C, H, W)
@@ -21,7 +21,7 @@ from __future__ import annotations
 import array_api_extra as xpx
 
 from ..namespace import namespace
-from .geometry import Geometry
+from .shapes import Geometry
 
 __all__ = ["pad", "crop", "unpad"]
 

@@ -4,9 +4,9 @@ Shapes: x (N, C, H, W) -> y (N, C, OH, OW), each channel pooled on its own. ``st
 to the kernel size (non-overlapping windows), as in PyTorch.
 
 Forward stacks the kh*kw window offsets of the padded input on one axis,
-(N, C, kh*kw, OH, OW) (:func:`~.im2col.windows`, what im2col is made of), and reduces it.
+(N, C, kh*kw, OH, OW) (:func:`~.columns.windows`, what im2col is made of), and reduces it.
 Backward builds the window gradients on that axis and sums them back onto the input with
-:func:`~.im2col.scatter_windows` (col2im's core).
+:func:`~.columns.scatter_windows` (col2im's core).
 
 Max pooling pads with -inf and sends each output's gradient to exactly one input: the *first*
 maximum of its window in row-major order (``argmax``), as PyTorch does. A ``x == max`` mask
@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..namespace import namespace
-from .geometry import Geometry, check_nchw, geometry
-from .im2col import scatter_windows, windows
+from .shapes import Geometry, check_nchw, geometry
+from .columns import scatter_windows, windows
 from .padding import pad
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",

@@ -7,7 +7,7 @@ a reshape to (N, C, H, rh, W, rw) and one sum.
 from __future__ import annotations
 
 from ..namespace import namespace
-from .geometry import check_nchw, kernel_pair
+from .shapes import check_nchw, kernel_pair
 
 __all__ = ["upsample_nearest_forward", "upsample_nearest_backward", "repeat_pixels"]
 

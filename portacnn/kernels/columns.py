@@ -14,8 +14,8 @@ it was copied from, so overlapping windows sum and pixels no window covers get z
 
     <im2col(x, g), cols> == <x, col2im(cols, g, x.shape)>      for every x and cols.
 
-Both take a :class:`~.geometry.Geometry` already resolved (and so checked) by
-:func:`~.geometry.geometry`; they check nothing themselves. im2col stacks the kh*kw strided
+Both take a :class:`~.shapes.Geometry` already resolved (and so checked) by
+:func:`~.shapes.geometry`; they check nothing themselves. im2col stacks the kh*kw strided
 slices of the padded input (no fancy indexing, no ``as_strided``); col2im adds them back with
 array-api-extra's ``at(...).add``, the kh row offsets first and then the kw column offsets.
 Nothing is written after it is made, so both run on JAX as on NumPy.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import array_api_extra as xpx
 
 from ..namespace import namespace
-from .geometry import Geometry
+from .shapes import Geometry
 from .padding import pad, unpad
 
 __all__ = ["im2col", "col2im", "windows", "scatter_windows", "window_slice"]

@@ -18,7 +18,7 @@ extra pixel at the bottom/right; with stride 1 and an odd kernel this keeps ``H`
 The checks (:func:`kernel_pair`, :func:`stride_pair`, :func:`check_padding`,
 :func:`check_padding_mode`, :func:`check_nchw`) run at the boundary: in the layers
 and the kernels' entry points (``conv2d_forward``, the pooling forwards). The helpers those call
-(:mod:`.padding`, :mod:`.im2col`) check nothing and trust a resolved :class:`Geometry`.
+(:mod:`.padding`, :mod:`.columns`) check nothing and trust a resolved :class:`Geometry`.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _frozen(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-# Layers ask for the same few geometries every batch; resolving one costs ~15 us of Python.
+# Layers ask for the same few geometries every batch: resolve each once, not per call.
 @functools.lru_cache(maxsize=256)
 def _geometry_cached(input_hw, kernel_size, stride, padding, padding_mode) -> Geometry:
     return _geometry(input_hw, kernel_size, stride, padding, padding_mode)
