@@ -221,6 +221,22 @@ def test_data_errors_at_the_boundary():
         Sequential(loss="hinge")
 
 
+def test_checking_data_never_builds_the_model():
+    from portacnn.training import checks
+
+    x, y = toy_data(12)
+    model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)])
+    checks.check_arrays(model, x, y)
+    assert not model.built
+    with pytest.raises(RuntimeError, match="the model is not built"):
+        checks.check_against_model(model, x, y)
+    assert not model.built
+    model.build_for(x)                                # the step the loop takes between them
+    checks.check_against_model(model, x, y)
+    with pytest.raises(ValueError, match=r"y\[1\] is 7 but the model has 3 classes"):
+        checks.check_against_model(model, x, np.where(np.arange(12) == 1, 7, y))
+
+
 def test_mse_model_trains_on_regression_targets():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 1, 4, 4)).astype(np.float32)

@@ -174,9 +174,9 @@ def test_saving_onto_a_directory_names_a_file_and_writes_nothing(tmp_path):
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
                             "ignore:invalid value:RuntimeWarning")
 def test_where_reading_the_loss_is_free_a_nan_stops_training_within_the_epoch(monkeypatch):
-    from portacnn import training
+    from portacnn.training.progress import Progress
 
-    monkeypatch.setattr(training._Progress, "EVERY_S", 0.0)       # a progress line per batch
+    monkeypatch.setattr(Progress, "EVERY_S", 0.0)                 # a progress line per batch
     optimizer = SGD(1e30)
     with pytest.raises(FloatingPointError, match=r"the loss became nan in epoch 1/1"):
         small_net().fit(*toy_data(64), epochs=1, batch_size=4, optimizer=optimizer, verbose=1,
@@ -292,7 +292,7 @@ def test_threads_above_the_core_count_are_capped_with_a_warning(capsys):
 
 # --- progress in a log ---------------------------------------------------------------------
 def test_progress_in_a_log_is_plain_lines(monkeypatch):
-    from portacnn import training
+    from portacnn.training.progress import Progress
 
     x, y = toy_data(40)
     out = io.StringIO()                                 # not a terminal
@@ -300,7 +300,7 @@ def test_progress_in_a_log_is_plain_lines(monkeypatch):
     assert "\r" not in out.getvalue()
     assert [line.split(":")[0] for line in out.getvalue().splitlines()] == ["epoch 1/2",
                                                                            "epoch 2/2"]
-    monkeypatch.setattr(training._Progress, "EVERY_S", 0.0)        # a long epoch
+    monkeypatch.setattr(Progress, "EVERY_S", 0.0)                  # a long epoch
     out = io.StringIO()
     small_net().fit(x, y, epochs=1, batch_size=8, verbose=1, file=out)
     lines = out.getvalue().splitlines()
