@@ -88,9 +88,8 @@ def accumulate_gradients(model, x, y, batch_rows: int | None = None):
     with ``loss`` weighted alike (a 0-d device array) and logits (n, classes).
 
     Where the backend's kernel set has a ``train_chunk``, a part larger than it runs as chunks
-    of near-equal size,
-    each weighted by ``chunk rows / batch_rows`` the same way (unless a layer couples the
-    samples). An empty part (a data-parallel shard of a batch smaller than the process count)
+    of near-equal size, each weighted by ``chunk rows / batch_rows`` the same way (unless a
+    layer couples the samples). An empty part (a data-parallel shard of a batch smaller than the process count)
     still runs forward and backward, so dropout draws stay in step, and contributes zeros.
     """
     loss_fn = _loss_kernel(model)
