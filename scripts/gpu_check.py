@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import portacnn  # noqa: E402
 from portacnn.backends import DeviceError, NoDeviceError  # noqa: E402
-from portacnn.backends.cupy import check_libraries  # noqa: E402
+from portacnn.backends.cupy_doctor import check_libraries  # noqa: E402
 from portacnn.data import load_sample, normalize  # noqa: E402
 from portacnn.models import lenet5  # noqa: E402
 from portacnn.optim import SGD  # noqa: E402

@@ -1,3 +1,4 @@
+import ast
 import os
 import subprocess
 import sys
@@ -117,6 +118,31 @@ def test_asarray_moves_between_backends(core_backend):
     assert np.array_equal(core_backend.to_numpy(y), [[1.0, 2.0], [3.0, 4.0]])
     assert backend_of(y) == core_backend
     core_backend.synchronize()  # a no-op on the CPU, must not fail
+
+
+def test_to_numpy_uses_the_conversion_of_the_arrays_class_without_making_a_backend(monkeypatch):
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional backend)")
+
+    def create(cls, device=None):
+        raise AssertionError("to_numpy made a backend")
+
+    monkeypatch.setattr(TorchBackend, "create", classmethod(create))
+    x = torch.ones(2, 3, requires_grad=True) * 2      # DLPack and np.asarray refuse it
+    assert np.array_equal(to_numpy(x), np.full((2, 3), 2.0))
+    strict = get_backend("array_api_strict")
+    assert np.array_equal(strict.to_numpy(strict.asarray(x)), np.full((2, 3), 2.0))
+
+
+def test_the_base_backend_names_no_array_library():
+    import portacnn.backends.base as base
+
+    tree = ast.parse(open(base.__file__).read())
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    names |= {alias.name for node in ast.walk(tree)
+              if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    named = sorted(n for n in names for lib in ("cupy", "torch", "jax", "strict") if lib in n)
+    assert not named, f"backends/base.py names libraries ({named}): give the class its own method"
 
 
 def test_mixed_namespaces_named_at_the_boundary():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from portacnn.backends import CupyBackend, DeviceError, NoDeviceError, get_backend
-from portacnn.backends.cupy import check_libraries, smoke_test
+from portacnn.backends.cupy_doctor import check_libraries, smoke_test
 
 from conftest import make_backend
 

@@ -14,17 +14,25 @@
 | :class:`StrictBackend` | array_api_strict | ``"array_api_strict"`` |
 | :class:`Backend` (generic) | any namespace array-api-compat recognises | ``"jax"``, or the module |
 
+The modules: ``base`` (the :class:`Backend` class, :func:`to_numpy`), one module per library
+class (``numpy``, ``cupy``, ``torch``, ``strict``), ``registry`` (which class serves which
+library), ``selection`` (:func:`get_backend`, :func:`backend_of`), ``errors``, ``memory``
+(:class:`MemoryPeak`, for benchmarks), ``random`` (:class:`PortableRNG`) and ``cupy_doctor``
+(CuPy's smoke test and install diagnostics).
+
 Nothing else in portacnn imports an array library or asks which backend runs: kernels infer
-``xp`` from their inputs (:func:`namespace`), layers and models ask their backend. This package
-imports nothing else from portacnn.
+``xp`` from their inputs (:func:`namespace`), layers and models ask their backend.
 """
 
 from . import cupy, numpy, strict, torch  # noqa: F401  (each registers its class)
-from .base import (Backend, DeviceError, MemoryPeak, NoDeviceError, PortableRNG, describe_array,
-                   is_host_array, namespace, on_device, to_numpy)
+from .base import Backend, describe_array, is_host_array, namespace, on_device, to_numpy
 from .cupy import CupyBackend
+from .errors import DeviceError, NoDeviceError
+from .memory import MemoryPeak
 from .numpy import NumpyBackend
-from .registry import ENV_VAR, backend_of, get_backend, register, registered
+from .random import PortableRNG
+from .registry import register
+from .selection import ENV_VAR, backend_of, get_backend, registered
 from .strict import StrictBackend
 from .torch import TorchBackend
 

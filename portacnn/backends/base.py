@@ -4,76 +4,41 @@ A backend is the only place in portacnn that knows which array library runs. Eve
 it receives a namespace ``xp`` from a backend, or infers it from its inputs with
 :func:`namespace`, and computes with the array API standard alone.
 
-The base class works for any namespace that ``array_api_compat`` recognises (JAX, for one);
-the library classes in this package (:mod:`.numpy`, :mod:`.cupy`, :mod:`.torch`,
-:mod:`.strict`) add what their library needs: a device string, thread control, a smoke test.
+The base class names no library: it works for any namespace that ``array_api_compat``
+recognises (JAX, for one). The library classes in this package (:mod:`.numpy`, :mod:`.cupy`,
+:mod:`.torch`, :mod:`.strict`) add what their library needs: a device string, their arrays'
+copy to the host, thread control, a smoke test. :func:`to_numpy` copies an array of any
+library to the host with the conversion of the class registered for it (:mod:`.registry`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import tracemalloc
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
-import numpy as np  # host side only: random draws and host copies, never kernels
+import numpy as np  # host side only: host copies, never kernels
 
 from ..kernels import Kernels
 from ..namespace import describe_array, library_name, namespace
+from .memory import MemoryPeak, TracedPeak, UnknownPeak
+from .random import PortableRNG
+from .registry import registered_class
 
-__all__ = ["Backend", "DeviceError", "NoDeviceError", "MemoryPeak", "PortableRNG", "namespace",
-           "on_device", "to_numpy", "is_host_array", "describe_array", "library_name"]
-
-
-class DeviceError(RuntimeError):
-    """A device was asked for that cannot be used here (unknown name, missing library, no GPU,
-    a GPU whose libraries or driver do not work)."""
-
-
-class NoDeviceError(DeviceError):
-    """The machine has no such device at all (no GPU, no NVIDIA driver): nothing to fix in
-    portacnn's installation."""
-
-
-class PortableRNG:
-    """A seeded random generator whose draws are identical on every backend.
-
-    Numbers are drawn on the host with ``numpy.random.Generator(PCG64(seed))`` and moved to the
-    backend's device once, so the same seed gives the same weights on NumPy, CuPy, torch, JAX
-    and array_api_strict (the standard itself has no random numbers).
-    """
-
-    def __init__(self, backend: "Backend", seed: int | None = None):
-        self.backend = backend
-        self.seed = seed
-        self.host = np.random.default_rng(seed)
-
-    def normal(self, shape, std: float = 1.0, dtype=None):
-        """Normal(0, std) samples of ``shape`` on the backend's device."""
-        return self.backend.asarray(self.host.normal(0.0, std, size=shape), dtype=dtype)
-
-    def uniform(self, shape, low: float = 0.0, high: float = 1.0, dtype=None):
-        """Uniform[low, high) samples of ``shape`` on the backend's device."""
-        return self.backend.asarray(self.host.uniform(low, high, size=shape), dtype=dtype)
-
-    def bernoulli(self, shape, keep: float, dtype):
-        """A 0/1 mask of ``shape`` in ``dtype`` (ones with probability ``keep``), drawn in
-        float32 on the host and moved once: the same mask on every backend."""
-        draws = self.host.random(size=shape, dtype=np.float32)
-        return self.backend.asarray(draws < np.float32(keep), dtype=dtype)
-
-    def permutation(self, n: int) -> np.ndarray:
-        """A permutation of ``range(n)`` as a host NumPy array (used to shuffle batches)."""
-        return self.host.permutation(n)
+__all__ = ["Backend", "namespace", "on_device", "to_numpy", "is_host_array", "describe_array",
+           "library_name"]
 
 
 class Backend:
     """An array-API namespace and a device, with the few helpers portacnn needs.
 
     The base class serves any namespace ``array_api_compat`` recognises; subclasses exist for
-    libraries that need more (see :mod:`portacnn.backends`).
+    libraries that need more (see :mod:`portacnn.backends`). A subclass overrides the methods
+    it needs in this class's order: ``parse``, ``create``, ``owns``, ``array_to_numpy``,
+    ``activate``, ``for_local_rank``, ``synchronize``, ``memory_peak``, ``device_info``,
+    ``limit_threads``, ``thread_info``.
 
     Attributes:
         name: the library's name (``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"``...).
@@ -158,6 +123,25 @@ class Backend:
             return False
         return xp is self.xp and str(array_api_compat.device(x)) == str(self.device)
 
+    @staticmethod
+    def array_to_numpy(x) -> np.ndarray:
+        """Copy an array of this class's library to a host NumPy array; :func:`to_numpy` calls
+        it without making a backend.
+
+        The generic path, for any library: DLPack (``np.from_dlpack``) where the array's
+        device allows it, else ``np.asarray``; an array with neither is first moved to its
+        namespace's default device. Library classes override it with their own copy.
+        """
+        if hasattr(x, "__dlpack__"):
+            try:
+                return np.from_dlpack(x)
+            except (TypeError, RuntimeError, BufferError, ValueError):
+                pass                     # e.g. a device DLPack cannot export to the host
+        if hasattr(x, "__array_namespace__") and not hasattr(x, "__array__"):
+            xp = x.__array_namespace__()
+            return np.asarray(xp.asarray(x, device=array_api_compat.device(xp.empty(0))))
+        return np.asarray(x)
+
     def check(self, x, what: str = "the input") -> None:
         """Raise ``TypeError`` unless ``x`` is an array of this backend on its device.
 
@@ -174,27 +158,22 @@ class Backend:
         """Return ``x`` (a host array, list, or an array of any backend) on this device.
 
         ``dtype`` may be a string (``"float32"``) or a dtype of this namespace. Arrays already
-        on this backend are returned without a copy when the dtype matches.
+        on this backend are returned without a copy when the dtype matches; an array of
+        another backend goes through the host (:func:`to_numpy`).
         """
         dtype = self.dtype(dtype) if dtype is not None else None
-        if not self.owns(x) and _is_foreign_array(x):
+        if not self.owns(x) and _is_array(x):
             x = to_numpy(x)
         with self.activate():
             return self.xp.asarray(x, dtype=dtype, device=self.device)
 
     def to_numpy(self, x) -> np.ndarray:
-        """Copy an array of any backend to a host NumPy array."""
+        """Copy an array of any backend to a host NumPy array (:func:`to_numpy`)."""
         return to_numpy(x)
 
     def rng(self, seed: int | None = None) -> PortableRNG:
-        """A :class:`PortableRNG` seeded with ``seed`` drawing onto this backend."""
+        """A :class:`~.random.PortableRNG` seeded with ``seed`` drawing onto this backend."""
         return PortableRNG(self, seed)
-
-    def for_local_rank(self, local_rank: int) -> "Backend":
-        """The backend of the process with node-local rank ``local_rank`` when several
-        processes share this machine (data parallelism): this one, where there is a single
-        device. GPU backends return device ``local_rank % device count``."""
-        return self
 
     # --- execution ------------------------------------------------------------------------
     def activate(self):
@@ -202,16 +181,22 @@ class Backend:
         launch on a current device (CuPy); a no-op elsewhere."""
         return contextlib.nullcontext()
 
+    def for_local_rank(self, local_rank: int) -> "Backend":
+        """The backend of the process with node-local rank ``local_rank`` when several
+        processes share this machine (data parallelism): this one, where there is a single
+        device. GPU backends return device ``local_rank % device count``."""
+        return self
+
     def synchronize(self) -> None:
         """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""
 
-    def memory_peak(self) -> "MemoryPeak":
+    def memory_peak(self) -> MemoryPeak:
         """Context manager measuring the peak of the memory allocated inside it, above the
         level at its start: ``with backend.memory_peak() as peak: ...; peak.bytes`` (None where
         this backend cannot tell). Backends whose arrays are NumPy buffers
         (``host_memory_traced``) trace host allocations with ``tracemalloc``; GPU backends count
-        their device memory."""
-        return MemoryPeak(_TracedPeak() if self.host_memory_traced else _UnknownPeak())
+        their device memory (:mod:`.memory`)."""
+        return MemoryPeak(TracedPeak() if self.host_memory_traced else UnknownPeak())
 
     def device_info(self) -> dict:
         """What a benchmark report names the device by: the library and its version, the
@@ -238,44 +223,23 @@ class Backend:
         return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
 
 
-class MemoryPeak:
-    """The peak memory of a ``with`` block, in bytes (``.bytes``; None if unknown), from a probe
-    with ``start()`` and ``stop() -> int | None`` (see :meth:`Backend.memory_peak`)."""
+def to_numpy(x) -> np.ndarray:
+    """Copy an array of any backend (or a Python sequence) to a host NumPy array.
 
-    def __init__(self, probe):
-        self.probe = probe
-        self.bytes: int | None = None
-
-    def __enter__(self) -> "MemoryPeak":
-        self.probe.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bytes = self.probe.stop()
-
-
-class _TracedPeak:
-    # Peak of Python-traced host allocations (NumPy reports its buffers to tracemalloc).
-    def start(self):
-        self._was_tracing = tracemalloc.is_tracing()
-        if not self._was_tracing:
-            tracemalloc.start()
-        tracemalloc.reset_peak()
-        self._base = tracemalloc.get_traced_memory()[0]
-
-    def stop(self):
-        peak = tracemalloc.get_traced_memory()[1]
-        if not self._was_tracing:
-            tracemalloc.stop()
-        return peak - self._base
-
-
-class _UnknownPeak:
-    def start(self):
-        pass
-
-    def stop(self):
-        return None
+    A host NumPy array is returned as is; another array is copied by
+    :meth:`Backend.array_to_numpy` of the class registered for its library (``x.get()`` for
+    CuPy, ``x.detach().cpu().numpy()`` for torch), or of the generic :class:`Backend` for a
+    library without a class (JAX). No backend is made, so no GPU smoke test runs.
+    """
+    if is_host_array(x):
+        return x
+    if not _is_array(x):
+        return np.asarray(x)
+    try:
+        library = library_name(namespace(x))
+    except TypeError:                    # an array array-api-compat cannot place
+        return Backend.array_to_numpy(x)
+    return (registered_class(library) or Backend).array_to_numpy(x)
 
 
 def on_device(method):
@@ -299,29 +263,7 @@ def is_host_array(x) -> bool:
     return isinstance(x, np.ndarray)
 
 
-def _is_foreign_array(x) -> bool:
+def _is_array(x) -> bool:
+    # An array of some library (not a list, tuple or Python number).
     return not isinstance(x, (list, tuple, int, float)) and (
         hasattr(x, "__array_namespace__") or array_api_compat.is_array_api_obj(x))
-
-
-def to_numpy(x) -> np.ndarray:
-    """Copy an array of any supported backend (or a Python sequence) to host NumPy."""
-    if isinstance(x, np.ndarray):
-        return x
-    if array_api_compat.is_cupy_array(x):
-        return x.get()
-    if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
-    if hasattr(x, "__dlpack__"):
-        try:
-            return np.from_dlpack(x)
-        except (TypeError, RuntimeError, BufferError, ValueError):
-            pass                     # e.g. array_api_strict's second device refuses dlpack
-    if hasattr(x, "__array_namespace__") and not hasattr(x, "__array__"):
-        xp = x.__array_namespace__()
-        return np.asarray(xp.asarray(x, device=_host_device(xp)))
-    return np.asarray(x)
-
-
-def _host_device(xp):
-    return array_api_compat.device(xp.empty(0))

@@ -40,3 +40,8 @@ class NumpyBackend(Backend):
 
     def owns(self, x) -> bool:
         return type(x) is np.ndarray
+
+    @staticmethod
+    def array_to_numpy(x) -> np.ndarray:
+        """NumPy arrays are host arrays already (a NumPy scalar becomes a 0-d array)."""
+        return np.asarray(x)

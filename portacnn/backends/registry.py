@@ -1,112 +1,34 @@
-"""The backend registry: which :class:`~.base.Backend` class serves which library and device
-string.
+"""The backend registry: which :class:`~.base.Backend` class serves which array library.
 
-Each library class registers itself with :func:`register`; :func:`get_backend` turns a device
-string, a namespace module or an array into an instance. A namespace no class is registered
-for gets the generic :class:`~.base.Backend` when ``array_api_compat`` recognises it (JAX).
+Each library's class registers itself with :func:`register`. Two lookups read the table:
+:func:`~.selection.get_backend` asks the classes which one a device string names, and
+:func:`~.base.to_numpy` finds the class of an array's library to copy it to the host, without
+making a backend. A library no class is registered for is served by the generic
+:class:`~.base.Backend` (JAX).
+
+This module imports nothing, not even :mod:`.base` (whose ``to_numpy`` reads the table).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
+__all__ = ["register", "registered_class", "registered_classes"]
 
-import array_api_compat
-
-from .base import Backend, DeviceError, library_name, namespace
-
-__all__ = ["register", "get_backend", "backend_of", "registered", "ENV_VAR"]
-
-ENV_VAR = "PORTACNN_DEVICE"
-_BY_LIBRARY: dict[str, type[Backend]] = {}
-# Libraries known by name that need no class of their own: the module that holds the namespace.
-_GENERIC_MODULES = {"jax": "jax.numpy"}
+_BY_LIBRARY: dict[str, type] = {}
 
 
-def register(cls: type[Backend]) -> type[Backend]:
-    """Class decorator: make ``cls`` the backend of ``cls.library`` (and of its ``aliases``)."""
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` the backend of ``cls.library`` (its ``parse`` tells which
+    device strings select it)."""
     _BY_LIBRARY[cls.library] = cls
     return cls
 
 
-def registered() -> list[str]:
-    """The device strings :func:`get_backend` accepts, for error messages and ``--help``."""
-    names = ["cpu", "gpu", "cuda", "cuda:N"]
-    for library, cls in _BY_LIBRARY.items():
-        names += [n for n in (library, *cls.aliases) if n not in names]
-    return names + [n for n in _GENERIC_MODULES if n not in names]
+def registered_class(library: str) -> type | None:
+    """The class registered for ``library`` (:func:`~portacnn.namespace.library_name`'s
+    ``"numpy"``, ``"cupy"``...), or None."""
+    return _BY_LIBRARY.get(library)
 
 
-def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -> Backend:
-    """Return the :class:`~.base.Backend` for a device string, a namespace, or its name.
-
-    Args:
-        spec: ``"cpu"`` (NumPy), ``"gpu"`` / ``"cuda"`` / ``"cuda:N"`` (CuPy on device N), a
-            library name (``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``,
-            ``"jax"``), an array-API module (``jax.numpy``, ``array_api_strict``...), an
-            existing ``Backend`` (returned as is), or ``None`` to read ``$PORTACNN_DEVICE``
-            (default ``"cpu"``).
-        device: with a library name or module, the device within that library (e.g.
-            ``array_api_strict.Device("device1")``).
-
-    Raises:
-        DeviceError: for an unknown string, a missing library (``"gpu"`` without CuPy names
-            ``pip install "portacnn[gpu]"``), or CuPy without a working CUDA device.
-    """
-    if isinstance(spec, Backend):
-        return spec
-    from_env = spec is None
-    if from_env:
-        spec = os.environ.get(ENV_VAR, "cpu") or "cpu"
-    try:
-        if isinstance(spec, ModuleType):
-            return _from_module(spec, device)
-        if not isinstance(spec, str):
-            raise DeviceError(f"device must be a string such as 'cpu' or 'gpu', got {spec!r}")
-        return _from_string(spec.strip().lower(), device)
-    except DeviceError as exc:
-        if from_env:
-            raise DeviceError(f"{exc} (the device {spec!r} came from ${ENV_VAR}: unset it or "
-                              "pass device= explicitly)") from exc.__cause__
-        raise
-
-
-def _from_string(key: str, device):
-    for cls in _BY_LIBRARY.values():
-        matched, dev = cls.parse(key)
-        if matched:
-            return cls.create(device if dev is None else dev)
-    if key in _GENERIC_MODULES:
-        return _from_module(_import(_GENERIC_MODULES[key], f"pip install {key}"), device)
-    raise DeviceError(f"unknown device {key!r}; valid devices: {', '.join(registered())}")
-
-
-def _from_module(module: ModuleType, device) -> Backend:
-    name = library_name(module)
-    if name in _BY_LIBRARY:
-        return _BY_LIBRARY[name].create(device)
-    try:
-        xp = array_api_compat.array_namespace(module.empty(0))
-    except (TypeError, AttributeError) as exc:
-        raise DeviceError(f"{module.__name__!r} is not an array-API namespace that "
-                          f"array-api-compat recognises; valid devices: "
-                          f"{', '.join(registered())}") from exc
-    return Backend(xp, device, native=importlib.import_module(name))
-
-
-def backend_of(x) -> Backend:
-    """The :class:`~.base.Backend` an existing array lives on (its namespace and device)."""
-    xp = namespace(x)
-    device = array_api_compat.device(x)
-    cls = _BY_LIBRARY.get(library_name(xp))
-    if cls is not None:
-        return cls.create(device)
-    return Backend(xp, device, native=importlib.import_module(library_name(xp)))
-
-
-def _import(module: str, install_hint: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DeviceError(f"{module} is not installed: {install_hint}") from exc
+def registered_classes() -> list[type]:
+    """Every registered class, in the order they registered."""
+    return list(_BY_LIBRARY.values())

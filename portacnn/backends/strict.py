@@ -7,14 +7,19 @@ catches arrays created without ``device=``.
 from __future__ import annotations
 
 from .base import Backend
-from .registry import _import, register
+from .errors import import_library
+from .registry import register
 
 __all__ = ["StrictBackend"]
 
 
 @register
 class StrictBackend(Backend):
-    """``array_api_strict`` on its default CPU device or on ``device``."""
+    """``array_api_strict`` on its default CPU device or on ``device``.
+
+    Its arrays reach the host by the generic :meth:`Backend.array_to_numpy`: DLPack on the
+    default device, ``np.asarray`` on the second one (which DLPack refuses).
+    """
 
     library = "array_api_strict"
     aliases = ()
@@ -27,6 +32,6 @@ class StrictBackend(Backend):
 
     @classmethod
     def create(cls, device=None) -> "StrictBackend":
-        strict = _import("array_api_strict", "pip install array-api-strict")
+        strict = import_library("array_api_strict", "pip install array-api-strict")
         return cls(strict, device if device is not None else strict.Device("CPU_DEVICE"),
                    native=strict)

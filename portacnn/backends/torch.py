@@ -7,8 +7,10 @@ import contextlib
 
 import array_api_compat
 
-from .base import Backend, MemoryPeak
-from .registry import _import, register
+from .base import Backend
+from .errors import import_library
+from .memory import MemoryPeak
+from .registry import register
 
 __all__ = ["TorchBackend"]
 
@@ -20,21 +22,26 @@ class TorchBackend(Backend):
     library = "torch"
     aliases = ()
 
+    def __init__(self, xp, device, native):
+        super().__init__(xp, device, native)
+        self.host_sync_is_free = device.type == "cpu"
+        self.accelerator = device.type != "cpu"
+        self.device_data_limit = 2**30 if self.accelerator else None
+
     @classmethod
     def parse(cls, key: str):
         return key == "torch", None
 
     @classmethod
     def create(cls, device=None) -> "TorchBackend":
-        torch = _import("torch", "pip install torch (an optional backend)")
+        torch = import_library("torch", "pip install torch (an optional backend)")
         return cls(array_api_compat.array_namespace(torch.empty(0)),
                    torch.device(device if device is not None else "cpu"), native=torch)
 
-    def __init__(self, xp, device, native):
-        super().__init__(xp, device, native)
-        self.host_sync_is_free = device.type == "cpu"
-        self.accelerator = device.type != "cpu"
-        self.device_data_limit = 2**30 if self.accelerator else None
+    @staticmethod
+    def array_to_numpy(x):
+        """A tensor on any device, with or without autograd history, as a host NumPy array."""
+        return x.detach().cpu().numpy()
 
     def for_local_rank(self, local_rank: int) -> "TorchBackend":
         if self.device.type != "cuda":
@@ -66,6 +73,7 @@ class TorchBackend(Backend):
 
 
 class _TorchPeak:
+    # torch's CUDA allocator statistics, for MemoryPeak; None on the CPU.
     def __init__(self, torch, device):
         self.torch, self.device = torch, device
 
