@@ -1,5 +1,5 @@
 """``Sequential``: the container. Layers in order, shape inference, parameters, summary,
-devices, save and :func:`load`.
+devices and save (:func:`portacnn.load` reads the file back, :mod:`.loading`).
 
     >>> model = Sequential([Conv2D(6, 5, padding=2), Tanh(), AvgPool2D(2), Flatten(), Dense(10)],
     ...                    input_shape=(1, 28, 28), device="cpu", seed=0)
@@ -15,18 +15,15 @@ The training loop itself (``fit`` / ``evaluate`` / ``predict``) lives in
 
 from __future__ import annotations
 
-import math
 import sys
 
-from . import checkpoint, training
-from .backends import Backend, get_backend, on_device
-from .checkpoint import CheckpointError
-from .layers import LAYERS, Buffer, Layer, Parameter
-from .optim import Optimizer, get_optimizer
+from .. import checkpoint, training
+from ..backends import Backend, get_backend, on_device
+from ..layers import Buffer, Layer, Parameter
+from ..optim import Optimizer, get_optimizer
+from .summary import summary_text
 
-__all__ = ["Sequential", "load"]
-
-_BUILD_ARGS = ("in_channels", "in_features")   # inferred again from input_shape on load
+__all__ = ["Sequential"]
 
 
 class Sequential:
@@ -181,32 +178,10 @@ class Sequential:
         return sum(layer.num_params() for layer in self.layers)
 
     def summary(self, file=None) -> str:
-        """Print (and return) a table of layer name, output shape and parameter count."""
+        """Print (and return) a table of each layer's name, settings, output shape and
+        parameter count (see :func:`~.summary.summary_text`)."""
         self.require_built()
-        rows = []
-        shape = self.input_shape
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
-            label = layer.name if layer.name == type(layer).__name__ else (
-                f"{layer.name} ({type(layer).__name__})")
-            rows.append((f"{i:>2} {label}", layer.describe(),
-                         "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params():,}"))
-        head = ("Layer", "Settings", "Output shape", "Params")
-        widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(head)]
-
-        def fmt(cells):
-            return "  ".join(c.rjust(w) if k == 3 else c.ljust(w)
-                             for k, (c, w) in enumerate(zip(cells, widths)))
-
-        line = "-" * (sum(widths) + 6)
-        out = [f"Sequential on {self.backend.description}, {self.dtype_name}, "
-               f"input (N, {', '.join(map(str, self.input_shape))})", line, fmt(head), line]
-        out += [fmt(r) for r in rows]
-        out += [line, f"Total params: {self.num_params():,}"]
-        buffers = sum(math.prod(b.shape) for b in self.buffers())
-        if buffers:
-            out.append(f"Buffers (running statistics, not trained): {buffers:,}")
-        text = "\n".join(out)
+        text = summary_text(self)
         print(text, file=file or sys.stdout)
         return text
 
@@ -347,50 +322,3 @@ class Sequential:
         }
         tensors = checkpoint.model_tensors(self.parameters(), self.buffers(), opt)
         return checkpoint.write(path, tensors, description)
-
-
-def rebuild(arch: dict, device=None) -> Sequential:
-    """A new ``Sequential`` from :meth:`Sequential.architecture`'s description (fresh weights).
-    Raises ``KeyError``, ``TypeError`` or ``ValueError`` for a bad description."""
-    layers = []
-    for spec in arch["layers"]:
-        cls = LAYERS[spec["type"]]
-        cfg = {k: v for k, v in spec["config"].items() if k not in _BUILD_ARGS}
-        layers.append(cls(**cfg))
-    return Sequential(layers, input_shape=arch["input_shape"], device=device,
-                      dtype=arch["dtype"], seed=arch.get("seed"), loss=arch["loss"])
-
-
-def load(path, device=None) -> Sequential:
-    """Rebuild a model saved by :meth:`Sequential.save` on ``device`` (any backend; default
-    ``$PORTACNN_DEVICE`` or ``"cpu"``), with its optimizer (``model.optimizer``) if saved.
-
-    Raises:
-        CheckpointError: the file is missing, truncated, corrupted, from a newer format, or its
-            tensors do not match the architecture it describes.
-    """
-    desc, tensors = checkpoint.read(path)
-    backend = get_backend(device)
-    try:
-        arch = desc["model"]
-        model = rebuild(arch, backend)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the architecture cannot be rebuilt ({exc})") from None
-
-    slots = (*model.parameters(), *model.buffers())
-    checkpoint.check_tensors(path, tensors, slots, arch["dtype"])
-    optimizer = None
-    if desc.get("optimizer"):
-        try:
-            optimizer = get_optimizer(desc["optimizer"]["config"])
-            optimizer.steps = int(desc["optimizer"]["steps"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: the optimizer settings are corrupted ({exc})") from None
-        state = checkpoint.optimizer_state(path, tensors, [p.name for p in model.parameters()])
-        optimizer.state = {name: {key: backend.asarray(arr) for key, arr in held.items()}
-                           for name, held in state.items()}
-    # Everything checked: only now fill the (new) model.
-    for slot in slots:
-        slot.value = backend.asarray(checkpoint.layer_tensor(tensors, slot))
-    model.optimizer = optimizer
-    return model
