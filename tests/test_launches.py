@@ -16,8 +16,10 @@ from portacnn.optim import SGD
 from recording import namespace as recording_xp
 from recording import recording
 
-TRAIN_STEP_MAX = 120
-INFERENCE_MAX = 45
+# The counts LeNet-5 (tanh, average pooling; SGD with momentum, batch 64) issues today: a change
+# that adds operations to the portable path fails here and must say why in this file.
+TRAIN_STEP_MAX = 115
+INFERENCE_MAX = 22
 
 
 @pytest.fixture
