@@ -791,7 +791,7 @@ def main(argv=None):
                                  f", ratio {ratio['median']:.2f}x [{ratio['min']:.2f}-"
                                  f"{ratio['max']:.2f}]")
                     print(line)
-            if args.compare_tutorial and threads == args.threads[0] and backend.name == "numpy":
+            if args.compare_tutorial and threads == args.threads[0] and not backend.accelerator:
                 tut = entry["tutorial"] = tutorial(backend, args)
                 print(f"  tutorial-style NumPy: {fmt(tut['epoch_seconds_scaled'])} per epoch, "
                       f"portacnn {fmt(tut['portacnn_epoch_seconds_scaled'])} (both scaled from "

@@ -5,43 +5,25 @@ uses only the standard; its ``device1`` run catches arrays created on the defaul
 torch and jax run where installed (jax with ``jax_enable_x64`` for the float64 cases: its
 arrays are immutable, so it proves the kernels write into no existing array); cupy only where
 its smoke test passes on a CUDA device, otherwise it skips with the reason.
-``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix.
+``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix (tests/helpers.py builds it).
+
+Fixtures only: what tests share as functions and data is in tests/helpers.py.
 """
 
-import os
+import http.server
+import threading
 
 import numpy as np
 import pytest
 
-from portacnn.backends import DeviceError, get_backend
+from helpers import SELECTED, MirrorHandler, make_backend
 
 try:
     import array_api_strict
-
-    array_api_strict.set_array_api_strict_flags(api_version="2024.12")
 except ImportError:  # pragma: no cover - it is in the test extra
-    array_api_strict = None
-
-ALL_BACKENDS = ["numpy", "array_api_strict", "strict-device1", "torch", "jax", "cupy"]
-SELECTED = [b for b in os.environ.get("PORTACNN_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if b]
-
-
-def make_backend(name):
-    """Build the backend named in the test matrix, or skip the test with the reason."""
-    if name == "torch":
-        pytest.importorskip("torch", reason="torch is not installed (optional backend)")
-    if name == "jax":
-        jax = pytest.importorskip("jax", reason="jax is not installed (optional backend)")
-        jax.config.update("jax_enable_x64", True)
-    if name == "cupy":
-        pytest.importorskip("cupy", reason="cupy is not installed", exc_type=ImportError)
-        try:
-            return get_backend("cupy")            # runs the smoke test on the device
-        except DeviceError as exc:
-            pytest.skip(str(exc))
-    if name == "strict-device1":
-        return get_backend("array_api_strict", device=array_api_strict.Device("device1"))
-    return get_backend(name)
+    pass
+else:
+    array_api_strict.set_array_api_strict_flags(api_version="2024.12")
 
 
 @pytest.fixture(params=SELECTED)
@@ -54,21 +36,6 @@ def backend(request):
 def core_backend(request):
     """numpy, array_api_strict, torch, cupy: the matrix without the second strict device."""
     return make_backend(request.param)
-
-
-TOL = {"float64": 1e-10, "float32": 1e-4}
-
-
-def assert_close(actual, expected, dtype="float64", scale=None):
-    """Compare to a host reference with a tolerance relative to the reference's magnitude."""
-    from portacnn.backends import to_numpy
-
-    actual = to_numpy(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    ref = scale if scale is not None else max(float(np.max(np.abs(expected), initial=0.0)), 1.0)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / ref
-    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]:g}"
 
 
 @pytest.fixture
@@ -93,3 +60,17 @@ def hide_module(monkeypatch):
         monkeypatch.setattr(builtins, "__import__", fake_import)
 
     return hide
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local MNIST mirror: ``(base URL, handler)``; set ``handler.files`` to what it serves
+    ({URL path: bytes}, see :class:`helpers.MirrorHandler`), read ``handler.requests``."""
+    pytest.importorskip("pooch", reason="pooch is not installed (portacnn[data])")
+    MirrorHandler.files, MirrorHandler.requests = {}, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", MirrorHandler
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,315 +1,220 @@
-"""Structural tests of the package: which module may import which.
+"""The house rules, read from the source with ``ast`` (nothing is imported, so they run on a
+broken tree too; the checks are in tests/architecture.py):
 
-The house rule (docs: STYLE.md) is that imports point down only: backends <- kernels <-
-layers/model <- training, checkpoints <- parallel, CLI, pictures. These tests read the source
-with ``ast`` (nothing is imported, so they run on a broken tree too) and check:
+* docs/design.md's floor table places every module of portacnn/ on exactly one floor, and every
+  entry of the table names a module or package that exists;
+* every import (at module level, inside a function, or ``importlib.import_module("...")``)
+  points to a lower floor; modules on one floor do not import each other unless both are in one
+  package; and there is no import cycle, inside a package either;
+* no module outside portacnn/backends/ imports an array library, except the host-side modules
+  of ``HOST_SIDE`` (each entry needed, each with its reason);
+* nothing in portacnn/ outside the backends, nor in scripts/, compares a backend's name: it asks
+  the backend a capability; nothing in portacnn/ looks a kernel up by a string;
+* test modules share helpers through helper modules (tests/helpers.py) and conftest fixtures,
+  never by importing each other or conftest.
 
-* no import cycles between portacnn modules, counting imports inside functions too;
-* ``portacnn.backends`` imports nothing else from portacnn;
-* no module outside ``portacnn/backends/`` (and a short allow-list of host-side modules)
-  imports an array library, and none compares a backend's name.
-
-Every failure lists the offending ``file:line``.
+The second half runs each check on a small made-up package with the drift it guards. Every
+failure names the offending ``file:line``.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "portacnn"
-ARRAY_LIBRARIES = {"numpy", "cupy", "torch", "jax", "array_api_strict"}
+import pytest
 
-# Modules outside the backends that may import an array library, and why.
-HOST_NUMPY_ALLOWED = {
-    "portacnn/reference.py": "naive loops on host NumPy: the readable references and oracles",
-    "portacnn/viz.py": "host NumPy arrays for matplotlib",
-    "portacnn/data/": "host data loading (NumPy arrays a model moves batch by batch)",
-    "portacnn/gradcheck.py": "host float64 finite differences",
-    "portacnn/checkpoint.py": "host NumPy arrays for safetensors",
-    "portacnn/distributed/data_parallel.py": "host NumPy buffers that MPI sends and receives",
-}
+from architecture import (DESIGN, PACKAGE, array_library_imports, backend_name_comparisons,
+                          crossings, cross_test_imports, cycles, design_floors, import_graph,
+                          parse_floors, read_files, read_modules, stale_entries, string_lookups,
+                          unplaced_modules)
 
 
-@dataclass(frozen=True)
-class Import:
-    target: str      # the portacnn module imported, or the top-level name of another library
-    path: str        # the importing file, relative to the repository root
-    line: int
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
+@functools.cache
+def package():
+    modules = read_modules(read_files(PACKAGE))
+    return modules, import_graph(modules)
 
 
-@dataclass
-class Module:
-    name: str        # "portacnn.kernels.conv"; a package's __init__ is the package's name
-    path: str        # "portacnn/kernels/conv.py"
-    tree: ast.Module
-    is_package: bool
+def _fail_with(rule: str, problems: list[str]):
+    assert not problems, rule + ":\n  " + "\n  ".join(problems)
 
 
-@functools.lru_cache(maxsize=None)
-def modules() -> dict[str, Module]:
-    found = {}
-    for file in sorted((ROOT / PACKAGE).rglob("*.py")):
-        rel = file.relative_to(ROOT)
-        parts = list(rel.with_suffix("").parts)
-        is_package = parts[-1] == "__init__"
-        if is_package:
-            parts.pop()
-        name = ".".join(parts)
-        found[name] = Module(name, rel.as_posix(), ast.parse(file.read_text(), str(rel)),
-                             is_package)
-    return found
+def test_every_module_is_on_exactly_one_floor():
+    modules, _ = package()
+    _fail_with(f"every module of portacnn/ stands on one floor of {DESIGN}",
+               unplaced_modules(design_floors(), modules))
 
 
-def _resolve_relative(module: Module, level: int, base: str | None) -> str:
-    package = module.name if module.is_package else module.name.rpartition(".")[0]
-    for _ in range(level - 1):
-        package = package.rpartition(".")[0]
-    return f"{package}.{base}" if base else package
+def test_every_floor_entry_names_a_module_that_exists():
+    modules, _ = package()
+    _fail_with(f"the floor table of {DESIGN} names what is in portacnn/",
+               stale_entries(design_floors(), modules))
 
 
-def _owning_module(name: str) -> str:
-    """The longest prefix of ``name`` that is a portacnn module (``portacnn.x.func`` ->
-    ``portacnn.x``)."""
-    known = modules()
-    while name and name not in known:
-        name = name.rpartition(".")[0]
-    return name or PACKAGE
-
-
-def _import_module_calls(node: ast.AST):
-    """``importlib.import_module("x")`` / ``__import__("x")`` with a constant name."""
-    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-            and isinstance(node.args[0].value, str):
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if name in ("import_module", "__import__"):
-            return node.args[0].value
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def imports_of(name: str) -> tuple[Import, ...]:
-    """Every import in module ``name`` (module level and inside functions): portacnn targets
-    resolved to modules, other libraries by their top-level name."""
-    module = modules()[name]
-    found = []
-
-    def add(target: str, node: ast.AST):
-        if target == PACKAGE or target.startswith(PACKAGE + "."):
-            target = _owning_module(target)
-        else:
-            target = target.split(".")[0]
-        found.append(Import(target, module.path, node.lineno))
-
-    for node in ast.walk(module.tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                add(alias.name, node)
-        elif isinstance(node, ast.ImportFrom):
-            base = (_resolve_relative(module, node.level, node.module) if node.level
-                    else node.module)
-            if base == PACKAGE or base.startswith(PACKAGE + "."):
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    add(sub if sub in modules() else base, node)
-            else:
-                add(base, node)
-        elif (target := _import_module_calls(node)) is not None:
-            add(target, node)
-    return tuple(found)
-
-
-def _is_ancestor(package: str, name: str) -> bool:
-    return name.startswith(package + ".")
-
-
-@functools.lru_cache(maxsize=None)
-def graph() -> dict[str, dict[str, Import]]:
-    """module -> {imported portacnn module -> the first import statement}. Edges to the module
-    itself and to its own enclosing packages are left out (a submodule reading its package's
-    ``__init__`` is allowed); an import of another package is an edge to its ``__init__``."""
-    edges: dict[str, dict[str, Import]] = {}
-    for name in modules():
-        out = edges.setdefault(name, {})
-        for imp in imports_of(name):
-            if imp.target in modules() and imp.target != name \
-                    and not _is_ancestor(imp.target, name):
-                out.setdefault(imp.target, imp)
-    return edges
-
-
-def _strongly_connected(edges: dict[str, dict[str, Import]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components = []
-    counter = 0
-    for root in sorted(edges):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(edges[root])))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            for child in children:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(edges[child]))))
-                    break
-                if child in on_stack:
-                    low[node] = min(low[node], index[child])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    components.append(sorted(component))
-    return components
-
-
-def _cycle_through(start: str, members: set[str], edges) -> list[str]:
-    """A shortest cycle from ``start`` back to itself inside one component (BFS)."""
-    previous = {start: None}
-    frontier = [start]
-    while frontier:
-        following = []
-        for node in frontier:
-            for child in sorted(edges[node]):
-                if child == start:
-                    path = [node]                 # walk back: node, ..., start
-                    while previous[path[-1]] is not None:
-                        path.append(previous[path[-1]])
-                    return path[::-1] + [start]
-                if child in members and child not in previous:
-                    previous[child] = node
-                    following.append(child)
-        frontier = following
-    return [start]
-
-
-def _describe_cycle(cycle: list[str], edges) -> str:
-    steps = [cycle[0]]
-    for a, b in zip(cycle, cycle[1:]):
-        steps.append(f" -> {b} ({edges[a][b].where})")
-    return "".join(steps)
+def test_imports_point_down_the_floors():
+    modules, graph = package()
+    _fail_with(f"imports point down the floors of {DESIGN}, never up (not even inside a "
+               "function) nor sideways to another entry of the same floor; move what is needed "
+               "down, or pass it in from above", crossings(design_floors(), modules, graph))
 
 
 def test_no_import_cycles():
-    edges = graph()
-    problems = []
-    for component in _strongly_connected(edges):
-        if len(component) > 1:
-            members = set(component)
-            cycles, seen = [], set()
-            for start in component:                  # the shortest cycle through each member
-                cycle = _cycle_through(start, members, edges)
-                key = frozenset(zip(cycle, cycle[1:]))
-                if key not in seen:
-                    seen.add(key)
-                    cycles.append(_describe_cycle(cycle, edges))
-            problems.append(f"cycle among {', '.join(component)}:\n    "
-                            + "\n    ".join(cycles))
-    assert not problems, ("imports must point down only (backends <- kernels <- layers/model "
-                          "<- training...):\n  " + "\n  ".join(problems))
+    _fail_with("import cycles", cycles(*package()))
 
 
-def _in(name: str, package: str) -> bool:
-    return name == package or name.startswith(package + ".")
+def test_array_libraries_are_imported_only_in_the_backends_and_host_side_modules():
+    problems, _ = array_library_imports(*package())
+    _fail_with("array libraries are imported only in portacnn/backends/ and the host-side "
+               "modules of HOST_SIDE (tests/architecture.py); kernels infer xp from their inputs",
+               problems)
 
 
-def test_backends_import_nothing_else_from_portacnn():
-    backends = f"{PACKAGE}.backends"
-    offenders = [
-        f"{imp.where}: {name} imports {imp.target}"
-        for name in modules() if _in(name, backends)
-        for imp in imports_of(name)
-        if _in(imp.target, PACKAGE) and not _in(imp.target, backends)
-    ]
-    assert not offenders, ("portacnn.backends is the ground floor and imports nothing else "
-                           "from portacnn:\n  " + "\n  ".join(offenders))
+def test_every_host_side_exception_is_needed():
+    _, stale = array_library_imports(*package())
+    _fail_with("HOST_SIDE (tests/architecture.py) lists only modules that import an array "
+               "library; remove these entries", stale)
 
 
-def _allowed_host_module(path: str) -> bool:
-    return any(path == allowed or (allowed.endswith("/") and path.startswith(allowed))
-               for allowed in HOST_NUMPY_ALLOWED)
+def test_nothing_asks_which_backend_runs():
+    modules, _ = package()
+    hits = [hit for name, m in modules.items() if not name.startswith(f"{PACKAGE}.backends")
+            for hit in backend_name_comparisons(m.path, m.tree)]
+    hits += [hit for path, source in read_files("scripts").items()
+             for hit in backend_name_comparisons(path, ast.parse(source), library_names=False)]
+    _fail_with("code outside portacnn/backends/ asks which backend runs; ask the backend a "
+               "capability (an attribute such as accelerator) instead", hits)
 
 
-def _outside_backends():
-    return [m for m in modules().values() if not _in(m.name, f"{PACKAGE}.backends")]
+def test_no_kernel_is_looked_up_by_a_string():
+    modules, graph = package()
+    _fail_with("kernels are reached by attribute (backend.kernels.conv2d_forward), so a reader "
+               "can follow them; name the function instead of computing its name",
+               [hit for name, m in modules.items() for hit in string_lookups(m, graph[name])])
 
 
-def _names_a_library(node: ast.AST) -> bool:
-    if isinstance(node, ast.Constant):
-        return node.value in ARRAY_LIBRARIES if isinstance(node.value, str) else False
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        return any(_names_a_library(e) for e in node.elts)
-    return False
+def test_test_modules_share_helpers_not_each_other():
+    _fail_with("test modules import helpers from a helper module (tests/helpers.py) and get "
+               "fixtures from conftest.py by name, never from another test module or conftest",
+               [hit for path, source in read_files("tests").items()
+                for hit in cross_test_imports(path, ast.parse(source, path))])
 
 
-def _is_backend_name(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "name"
-            and "backend" in ast.unparse(node.value).lower())
-
-
-def backend_name_comparisons(module: Module) -> list[str]:
-    found = []
-    for node in ast.walk(module.tree):
-        if isinstance(node, ast.Compare) and any(
-                isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops):
-            sides = [node.left, *node.comparators]
-            if any(_names_a_library(s) or _is_backend_name(s) for s in sides):
-                found.append((node.lineno, ast.unparse(node)))
-        elif isinstance(node, ast.MatchValue) and _names_a_library(node.value):
-            found.append((node.lineno, f"case {ast.unparse(node.value)}"))
-    return [f"{module.path}:{line}: {text}" for line, text in sorted(found)]
-
-
-def test_no_array_library_named_outside_the_backends():
-    imports = [
-        f"{imp.where}: imports {imp.target}"
-        for module in _outside_backends() if not _allowed_host_module(module.path)
-        for imp in sorted(imports_of(module.name), key=lambda i: i.line)
-        if imp.target in ARRAY_LIBRARIES
-    ]
-    comparisons = [hit for module in _outside_backends()
-                   for hit in backend_name_comparisons(module)]
-    message = []
-    if imports:
-        message.append("array libraries are imported only in portacnn/backends/ (and the "
-                       "host-side modules in HOST_NUMPY_ALLOWED):\n  " + "\n  ".join(imports))
-    if comparisons:
-        message.append("code outside portacnn/backends/ asks which backend runs; give the "
-                       "backend class an attribute or method instead:\n  "
-                       + "\n  ".join(comparisons))
-    assert not message, "\n".join(message)
-
-
-def test_the_scanner_sees_the_package():
+def test_the_scanner_sees_the_package_and_the_floors():
     """Guard against the checks above passing vacuously."""
-    names = set(modules())
-    assert {PACKAGE, f"{PACKAGE}.backends"} <= names and len(names) > 5, sorted(names)
-    assert any(imports_of(name) for name in names)
+    modules, graph = package()
+    assert {PACKAGE, f"{PACKAGE}.backends", f"{PACKAGE}.kernels.conv"} <= set(modules)
+    assert f"{PACKAGE}.namespace" in {imp.target for imp in graph[f"{PACKAGE}.kernels.conv"]}
+    floors = design_floors()
+    assert len({e.floor for e in floors}) >= 5 and min(e.floor for e in floors) == 0
+    assert [e.text for e in floors if e.floor == 0] == ["namespace.py"]
+
+
+# --- each check against the drift it guards, on a made-up package ----------------------------
+
+TOY_DESIGN = """# How portacnn is built
+
+```
+__init__.py                 the package itself
+top.py                      the top floor
+mid.py                      the middle
+kernels/, low.py            a package and a module on the ground floor
+```
+"""
+
+TOY = {
+    "portacnn/__init__.py": "from . import top\n",
+    "portacnn/top.py": "from . import low, mid\nfrom .kernels import conv\n",
+    "portacnn/mid.py": "from .kernels import conv\n",
+    "portacnn/low.py": "def helper():\n    return 1\n",
+    "portacnn/kernels/__init__.py": "from .conv import conv\n",
+    "portacnn/kernels/conv.py": "from .pad import pad\n\n\ndef conv(x):\n    return pad(x)\n",
+    "portacnn/kernels/pad.py": "def pad(x):\n    return x\n",
+}
+
+
+def floor_problems(changes=None, design=TOY_DESIGN) -> dict[str, list[str]]:
+    modules = read_modules({**TOY, **(changes or {})})
+    graph, entries = import_graph(modules), parse_floors(design)
+    return {"unplaced": unplaced_modules(entries, modules),
+            "stale": stale_entries(entries, modules),
+            "crossings": crossings(entries, modules, graph),
+            "cycles": cycles(modules, graph)}
+
+
+def test_the_made_up_package_passes_every_floor_check():
+    assert floor_problems() == {"unplaced": [], "stale": [], "crossings": [], "cycles": []}
+
+
+LOW_LATER = "def helper():\n    return 1\n\n\ndef later():\n    {}\n"
+
+
+@pytest.mark.parametrize("changes, design, check, expected", [
+    ({"portacnn/low.py": LOW_LATER.format("from .mid import helper")}, TOY_DESIGN, "crossings",
+     "portacnn/low.py:6: low.py imports portacnn.mid, which is on a floor above it"),
+    ({"portacnn/low.py": "import portacnn\n"}, TOY_DESIGN, "crossings",
+     "portacnn/low.py:1: low.py imports portacnn, which is on a floor above it"),
+    ({"portacnn/low.py": "from .kernels import conv\n"}, TOY_DESIGN, "crossings",
+     "portacnn/low.py:1: low.py imports portacnn.kernels.conv, which is on its own floor"),
+    ({"portacnn/low.py": LOW_LATER.format("importlib.import_module('portacnn.mid')")}, TOY_DESIGN,
+     "crossings", "portacnn/low.py:6: low.py imports portacnn.mid, which is on a floor above"),
+    ({"portacnn/low.py": "import importlib\nimportlib.import_module('.mid', __package__)\n"},
+     TOY_DESIGN, "crossings", "portacnn/low.py:2: low.py imports portacnn.mid"),
+    ({"portacnn/new.py": ""}, TOY_DESIGN, "unplaced",
+     f"portacnn/new.py is on no floor: add it to the floor table of {DESIGN}"),
+    ({}, TOY_DESIGN.replace("mid.py ", "mid.py, gone.py"), "stale",
+     "'gone.py' names nothing in portacnn/"),
+    ({}, TOY_DESIGN.replace("mid.py ", "mid.py, kernels/pad.py"), "unplaced",
+     "portacnn/kernels/pad.py is on more than one floor"),
+    ({}, TOY_DESIGN.replace("mid.py ", "mid.py, the middle"), "stale",
+     "'the middle' is neither a module"),
+    ({"portacnn/kernels/pad.py": "from . import conv\n"}, TOY_DESIGN, "cycles",
+     "portacnn.kernels.conv -> portacnn.kernels.pad (portacnn/kernels/conv.py:1) -> "
+     "portacnn.kernels.conv (portacnn/kernels/pad.py:1)"),
+], ids=["up-in-a-function", "up-to-the-package", "sideways", "import_module", "relative-call",
+        "unplaced", "stale", "placed-twice", "no-comment-gap", "cycle-in-a-package"])
+def test_each_floor_check_catches_its_drift(changes, design, check, expected):
+    problems = floor_problems(changes, design)
+    assert any(expected in p for p in problems[check]), problems
+    assert all(not found for name, found in problems.items() if name != check), problems
+
+
+def test_an_array_library_outside_the_backends_is_caught_and_a_needless_exception_too():
+    modules = read_modules({**TOY, "portacnn/mid.py": "import numpy as np\n",
+                            "portacnn/reference.py": "import math\n",
+                            "portacnn/viz.py": "import numpy\n",
+                            "portacnn/backends/__init__.py": "import cupy\n"})
+    problems, stale = array_library_imports(modules, import_graph(modules))
+    assert problems == ["portacnn/mid.py:1: imports numpy"]
+    assert any(s.startswith("portacnn/reference.py (") for s in stale)
+    assert not any(s.startswith("portacnn/viz.py") for s in stale)
+
+
+def test_a_backend_name_comparison_is_caught():
+    source = ("if backend.name == 'numpy':\n    pass\nif xp_name in ('torch', 'cupy'):\n    pass\n"
+              "if backend.accelerator or self.name == 'conv1':\n    pass\n")
+    assert backend_name_comparisons("s.py", ast.parse(source)) == [
+        "s.py:1: backend.name == 'numpy'", "s.py:3: xp_name in ('torch', 'cupy')"]
+    assert backend_name_comparisons("s.py", ast.parse(source), library_names=False) == [
+        "s.py:1: backend.name == 'numpy'"]
+
+
+def test_a_kernel_looked_up_by_a_string_is_caught():
+    source = ("from .kernels import conv as K\nimport importlib\n"
+              "a = getattr(K, name)\nb = globals()[name]\n"
+              "c = getattr(self.backend.kernels, 'relu')\nd = getattr(self.kernels, op)\n"
+              "e = getattr(layer, key)\n"
+              "f = importlib.import_module(f'portacnn.kernels.{name}')\n")
+    module = read_modules({"portacnn/layers.py": source})["portacnn.layers"]
+    modules = {**read_modules(TOY), module.name: module}
+    hits = string_lookups(module, import_graph(modules)[module.name])
+    assert [h.split(":")[1] for h in hits] == ["3", "4", "6", "8"], hits
+
+
+def test_a_test_module_importing_another_or_conftest_is_caught():
+    source = ("from conftest import assert_close\nfrom test_kernels import CASES\n"
+              "from helpers import assert_close\nimport recording\n\n\n"
+              "def test_x():\n    import test_model\n")
+    assert cross_test_imports("tests/test_x.py", ast.parse(source)) == [
+        "tests/test_x.py:1: imports conftest", "tests/test_x.py:2: imports test_kernels",
+        "tests/test_x.py:8: imports test_model"]

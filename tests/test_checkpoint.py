@@ -11,7 +11,7 @@ from portacnn import CheckpointError, Dropout, get_backend
 from portacnn.models import lenet5
 from portacnn.optim import Adam
 
-from conftest import assert_close
+from helpers import assert_close
 
 pytest.importorskip("safetensors", reason="safetensors is a dependency")
 

@@ -22,8 +22,7 @@ from portacnn.kernels.conv import ConvCache
 from portacnn.kernels.shapes import geometry
 from portacnn.kernels.columns import im2col
 
-from conftest import SELECTED, assert_close, make_backend
-from test_kernels import CASES, POOL_CASES, _ids
+from helpers import CASES, POOL_CASES, SELECTED, assert_close, case_id, make_backend
 
 CONV = ("conv2d_forward", "conv2d_backward")
 POOLS = tuple(f"{kind}_pool2d_{step}" for kind in ("max", "min", "avg")
@@ -104,7 +103,7 @@ def _check_conv(be, case, mode, route, dtype="float64"):
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_conv_override_matches_portable_and_loops(mutable_backend, monkeypatch, case, mode,
                                                   route):
     monkeypatch.setattr(cpu_conv, "SHORT_ROW", ROUTES[route][0])     # every width takes `route`
@@ -214,7 +213,7 @@ def _pool_reference(case, kind, mode):
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
 @pytest.mark.parametrize("kind", ["max", "min", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_pool_override_matches_portable_and_loops(mutable_backend, case, kind, mode):
     be = mutable_backend
     shape, k, s, p = case

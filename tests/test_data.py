@@ -2,8 +2,6 @@
 
 import gzip
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +10,7 @@ import pytest
 from portacnn.data import (DataError, IdxError, batches, download_mnist, load_mnist, load_sample,
                            normalize, read_idx)
 
-
-def idx_bytes(array):
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.tobytes()
-
-
-def write_mnist(directory, n_train=12, n_test=5, gz=True, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test)}
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, arr in arrays.items():
-        data = idx_bytes(arr)
-        if gz:
-            (directory / f"{name}.gz").write_bytes(gzip.compress(data))
-        else:
-            (directory / name).write_bytes(data)
-    return arrays
+from helpers import idx_bytes, mnist_registry, write_mnist
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -107,55 +85,9 @@ def test_normalize_and_batches():
 
 # --- downloads from a server on 127.0.0.1 ---------------------------------------------------
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict = {}
-    requests: list = []
-
-    def do_GET(self):  # noqa: N802
-        self.requests.append(self.path)
-        data = self.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        if data == "drop":                       # announce a body, send half, hang up
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            self.wfile.write(b"\0" * 1000)
-            self.wfile.flush()
-            self.connection.close()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    pytest.importorskip("pooch", reason="pooch is not installed (portacnn[data])")
-    _Handler.files, _Handler.requests = {}, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _registry(tmp_path):
-    src = tmp_path / "src"
-    write_mnist(src)
-    files = {p.name: p.read_bytes() for p in sorted(src.iterdir())}
-    return files, {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-
-
 def test_download_verifies_and_loads(server, tmp_path):
     url, handler = server
-    files, hashes = _registry(tmp_path)
+    files, hashes = mnist_registry(tmp_path)
     handler.files = {f"/good/{k}": v for k, v in files.items()}
     target = download_mnist(tmp_path / "cache", mirrors=[url + "/good/"], files=hashes,
                             progress=False, timeout=5)
@@ -168,7 +100,7 @@ def test_download_verifies_and_loads(server, tmp_path):
 
 def test_corrupted_download_leaves_nothing_and_falls_back_to_the_next_mirror(server, tmp_path):
     url, handler = server
-    files, hashes = _registry(tmp_path)
+    files, hashes = mnist_registry(tmp_path)
     bad = {f"/bad/{k}": v[:-1] + bytes([v[-1] ^ 0xFF]) for k, v in files.items()}
     handler.files = {**bad, **{f"/good/{k}": v for k, v in files.items()}}
     cache = tmp_path / "cache"
@@ -182,7 +114,7 @@ def test_corrupted_download_leaves_nothing_and_falls_back_to_the_next_mirror(ser
 
 def test_dropped_connection_leaves_nothing(server, tmp_path):
     url, handler = server
-    files, hashes = _registry(tmp_path)
+    files, hashes = mnist_registry(tmp_path)
     handler.files = {f"/drop/{k}": "drop" for k in files}
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="could not download"):

@@ -11,7 +11,7 @@ from portacnn import kernels as K
 from portacnn import reference as R
 from portacnn.gradcheck import check_layer
 
-from conftest import assert_close
+from helpers import assert_close
 
 POOL_CASES = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 9), 3, 2, 1), ((2, 2, 9, 7), 2, None, 0),
               ((1, 2, 6, 6), 3, 3, "same")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cupy_errors import NO_NVRTC, fake_cupy
+from fake_cupy import NO_NVRTC, fake_cupy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -17,7 +17,7 @@ from portacnn import reference as R
 from portacnn.kernels import CpuKernels, Kernels, cpu_conv
 from portacnn.kernels.conv import ConvCache
 
-from conftest import assert_close
+from helpers import assert_close
 
 PROPERTY = settings(max_examples=40, deadline=None)
 

@@ -7,29 +7,11 @@ from portacnn import kernels as K
 from portacnn import reference as R
 from portacnn.kernels.shapes import geometry
 
-from conftest import assert_close
-
-# (input shape, kernel, stride, padding): strides 1-3, paddings 0/1/2/same/valid, rectangular
-# kernels, batch 1, and sizes the stride does not tile (border pixels no window covers).
-CASES = [
-    ((2, 3, 7, 8), 3, 1, 0),
-    ((1, 2, 9, 9), 3, 2, 1),
-    ((2, 1, 10, 7), (3, 2), 3, 2),
-    ((1, 3, 8, 8), (2, 3), (2, 1), "same"),
-    ((2, 2, 7, 9), 4, 3, "same"),
-    ((1, 2, 6, 5), (3, 1), 1, "valid"),
-    ((3, 2, 8, 6), 2, 3, 0),          # stride 3 over 8: last rows uncovered
-    ((1, 1, 5, 5), 5, 1, (1, 2)),
-]
-
-
-def _ids(case):
-    shape, k, s, p = case
-    return f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}"
+from helpers import CASES, POOL_CASES, assert_close, case_id
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_im2col_matches_loops(backend, host_rng, case, mode):
     shape, k, s, p = case
     x = host_rng.normal(size=shape)
@@ -38,7 +20,7 @@ def test_im2col_matches_loops(backend, host_rng, case, mode):
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_col2im_is_adjoint_of_im2col(backend, host_rng, case, mode):
     shape, k, s, p = case
     x = host_rng.normal(size=shape)
@@ -52,7 +34,7 @@ def test_col2im_is_adjoint_of_im2col(backend, host_rng, case, mode):
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_conv2d_forward_backward_match_loops(backend, host_rng, case, mode):
     shape, k, s, p = case
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -101,20 +83,9 @@ def test_uncovered_border_gets_zero_gradient(host_rng):
     assert np.all(dx[0, 0, 0, [0, 1, 3, 4, 6, 7]] != 0)
 
 
-POOL_CASES = [
-    ((2, 3, 8, 8), 2, None, 0),
-    ((1, 2, 7, 9), 3, 2, 1),
-    ((2, 1, 9, 7), (2, 3), (3, 1), 0),
-    ((1, 2, 6, 6), 3, 3, "same"),
-    ((2, 2, 10, 10), 3, 1, "valid"),
-    ((2, 2, 9, 7), 2, None, 0),               # non-overlapping; last row and column left out
-    ((1, 2, 7, 9), (3, 2), (3, 2), 0),
-]
-
-
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
 @pytest.mark.parametrize("kind", ["max", "min", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+@pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_pooling_matches_loops(backend, host_rng, kind, case, mode):
     shape, k, s, p = case
     x = host_rng.normal(size=shape)
@@ -256,7 +227,7 @@ def _random_configs(count, seed=2024):
         yield (int(rng.integers(1, 4)), int(rng.integers(1, 4)), h, w), (kh, kw), stride, padding
 
 
-@pytest.mark.parametrize("case", list(_random_configs(8)), ids=_ids)
+@pytest.mark.parametrize("case", list(_random_configs(8)), ids=case_id)
 def test_random_shapes_conv_and_pool_match_loops(core_backend, case):
     shape, k, s, p = case
     rng = np.random.default_rng(sum(map(ord, str(case))))  # stable across runs

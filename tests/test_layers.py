@@ -8,7 +8,7 @@ from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReL
 from portacnn import kernels as K
 from portacnn.gradcheck import check_layer, numerical_gradient, relative_error
 
-from conftest import assert_close
+from helpers import assert_close
 
 
 def _layers(backend):

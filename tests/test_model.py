@@ -6,30 +6,12 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn import (Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
-                      get_backend)
+from portacnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, get_backend
 from portacnn.kernels import CpuKernels
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
-from conftest import assert_close
-
-
-def small_net(device="cpu", dtype="float32", seed=0, dropout=False):
-    layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten()]
-    layers += [Dropout(0.5)] if dropout else []
-    layers += [Dense(3)]
-    return Sequential(layers, input_shape=(1, 6, 6), device=device, dtype=dtype, seed=seed)
-
-
-def toy_data(n=60, seed=0):
-    """Three classes a tiny CNN separates easily: a bright row, a bright column, or noise."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(scale=0.3, size=(n, 1, 6, 6)).astype(np.float32)
-    y = np.arange(n) % 3
-    x[y == 0, 0, 2, :] += 2.0
-    x[y == 1, 0, :, 3] += 2.0
-    return x, y
+from helpers import assert_close, small_net, toy_data
 
 
 def test_lenet5_shapes_and_parameter_count():

@@ -9,7 +9,7 @@ import pytest
 from portacnn.layers import Layer
 from portacnn.optim import SGD, Adam, RMSprop, get_optimizer
 
-from conftest import assert_close
+from helpers import assert_close
 
 
 def _run(opt, backend, p0, grads):

@@ -5,7 +5,7 @@ import pytest
 
 from portacnn import kernels as K
 
-from conftest import assert_close
+from helpers import assert_close
 
 torch = pytest.importorskip("torch", reason="torch is not installed (optional test oracle)")
 F = torch.nn.functional

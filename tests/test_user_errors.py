@@ -23,8 +23,7 @@ from portacnn.cli import _threads, main
 from portacnn.data import DataError, download_mnist, load_mnist
 from portacnn.optim import SGD, Adam
 
-from test_data import _registry, server  # noqa: F401  (server is a fixture)
-from test_model import small_net, toy_data
+from helpers import mnist_registry, small_net, toy_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -379,9 +378,9 @@ def test_the_cli_refuses_bad_options_before_training(tmp_path, argv, words):
 
 
 # --- data: one directory layout, and a clear offline error ---------------------------------
-def test_download_and_data_agree_on_one_directory(server, tmp_path):  # noqa: F811
+def test_download_and_data_agree_on_one_directory(server, tmp_path):
     url, handler = server
-    files, hashes = _registry(tmp_path)
+    files, hashes = mnist_registry(tmp_path)
     handler.files = {f"/m/{k}": v for k, v in files.items()}
     target = tmp_path / "D"
     assert download_mnist(target, mirrors=[url + "/m/"], files=hashes, progress=False,
