@@ -1,4 +1,4 @@
-"""Backends, portacnn's ground floor: one small class per array library, chosen by a registry.
+"""Backends: one small class per array library, chosen by a registry, each naming its kernel set.
 
     >>> from portacnn.backends import get_backend
     >>> be = get_backend("cpu")          # NumPy; "gpu" / "cuda:1" give CuPy, "jax" JAX
