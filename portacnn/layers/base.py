@@ -15,7 +15,35 @@ import math
 from ..backends import Backend, PortableRNG, backend_of, get_backend
 
 
-class Parameter:
+class _LayerArray:
+    """One named array of a layer's store (``params`` or ``buffers``): reading ``value`` gives
+    ``store[key]`` and assigning it replaces that array."""
+
+    __slots__ = ("name", "layer", "key")
+
+    def __init__(self, name: str, layer: "Layer", key: str):
+        self.name, self.layer, self.key = name, layer, key
+
+    def _store(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def value(self):
+        return self._store()[self.key]
+
+    @value.setter
+    def value(self, array) -> None:
+        self._store()[self.key] = array
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, shape={self.shape})"
+
+
+class Parameter(_LayerArray):
     """One trainable array of a layer and its gradient, as the optimizer and checkpoints see it.
 
     ``value`` is ``layer.params[key]`` and ``grad`` is ``layer.grads[key]`` (None before the
@@ -24,18 +52,10 @@ class Parameter:
     its ``Parameter`` objects once, when it is built (:meth:`portacnn.Sequential.parameters`).
     """
 
-    __slots__ = ("name", "layer", "key")
+    __slots__ = ()
 
-    def __init__(self, name: str, layer: "Layer", key: str):
-        self.name, self.layer, self.key = name, layer, key
-
-    @property
-    def value(self):
-        return self.layer.params[self.key]
-
-    @value.setter
-    def value(self, array) -> None:
-        self.layer.params[self.key] = array
+    def _store(self) -> dict:
+        return self.layer.params
 
     @property
     def grad(self):
@@ -45,37 +65,15 @@ class Parameter:
     def grad(self, array) -> None:
         self.layer.grads[self.key] = array
 
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.value.shape)
 
-    def __repr__(self) -> str:
-        return f"Parameter({self.name!r}, shape={self.shape})"
-
-
-class Buffer:
+class Buffer(_LayerArray):
     """One array of a layer's state that is saved but not trained (batch norm's running
     statistics): ``value`` is ``layer.buffers[key]``, and assigning it replaces the array."""
 
-    __slots__ = ("name", "layer", "key")
+    __slots__ = ()
 
-    def __init__(self, name: str, layer: "Layer", key: str):
-        self.name, self.layer, self.key = name, layer, key
-
-    @property
-    def value(self):
-        return self.layer.buffers[self.key]
-
-    @value.setter
-    def value(self, array) -> None:
-        self.layer.buffers[self.key] = array
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.value.shape)
-
-    def __repr__(self) -> str:
-        return f"Buffer({self.name!r}, shape={self.shape})"
+    def _store(self) -> dict:
+        return self.layer.buffers
 
 
 class Layer:
