@@ -119,6 +119,11 @@ class Optimizer:
         self._flat[(names, key)] = (flat, views)
         return views
 
+    def slot_names(self) -> tuple[str, ...]:
+        """The names of the state slots this optimizer keeps per parameter (``state[name]``'s
+        keys once it has stepped): what a checkpoint's ``optimizer.{i}.{key}.{slot}`` may be."""
+        return ()
+
     def _update(self, value, grad, state: dict):
         """The update rule on 1-D arrays: return the new ``value``, storing new slot arrays in
         ``state`` (``{slot: array}``, empty at the first step)."""
@@ -172,6 +177,9 @@ class SGD(Optimizer):
             grad = grad + self.momentum * buf if self.nesterov else buf
         return value - self.lr * grad
 
+    def slot_names(self):
+        return ("momentum",) if self.momentum else ()
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -202,6 +210,9 @@ class Adam(Optimizer):
         denom = (v / (1 - b2 ** t)) ** 0.5 + self.eps
         return value - step_size * (m / denom)
 
+    def slot_names(self):
+        return ("exp_avg", "exp_avg_sq")
+
     def get_config(self):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps}
 
@@ -229,6 +240,9 @@ class RMSprop(Optimizer):
             scaled = self.momentum * self._slot(state, "momentum_buffer", value) + scaled
             state["momentum_buffer"] = scaled
         return value - self.lr * scaled
+
+    def slot_names(self):
+        return ("square_avg", "momentum_buffer") if self.momentum else ("square_avg",)
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps,

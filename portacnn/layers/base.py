@@ -78,7 +78,8 @@ class Buffer(_LayerArray):
 
 class Layer:
     """Base class. Subclasses implement ``_build``, ``output_shape``, ``_forward``,
-    ``_backward`` and ``get_config``.
+    ``_backward`` and ``get_config``, and a layer with parameters or buffers ``param_shapes`` /
+    ``buffer_shapes``: the shapes ``_build`` allocates, told without allocating them.
 
     Attributes:
         params, grads: parameter and gradient arrays by name (empty for parameter-free layers).
@@ -129,6 +130,14 @@ class Layer:
     def param_shapes(self, input_shape) -> dict:
         """The shape of each parameter the layer holds for per-sample ``input_shape``, by
         name (``{"weight": (F, C, kh, kw), "bias": (F,)}``); ``{}`` without parameters."""
+        return {}
+
+    def buffer_shapes(self, input_shape) -> dict:
+        """The shape of each buffer (saved, untrained array) the layer holds for per-sample
+        ``input_shape``, by name (batch norm: ``{"running_mean": (C,), "running_var": (C,)}``);
+        ``{}`` without buffers. With :meth:`param_shapes` and :meth:`output_shape` it tells
+        what ``build`` will allocate without allocating it (``portacnn.load`` checks a file's
+        tensors against these first)."""
         return {}
 
     def output_shape(self, input_shape) -> tuple:

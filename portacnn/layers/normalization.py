@@ -38,13 +38,19 @@ class _BatchNorm(Layer):
     def param_shapes(self, input_shape):
         return {"weight": (input_shape[0],), "bias": (input_shape[0],)}
 
+    def buffer_shapes(self, input_shape):
+        return {"running_mean": (input_shape[0],), "running_var": (input_shape[0],)}
+
     def _build(self, input_shape, rng):
-        self.num_features = c = input_shape[0]
+        self.num_features = input_shape[0]
         xp, dev = self.xp, self.backend.device
-        self.params["weight"] = xp.ones((c,), dtype=self.dtype, device=dev)
-        self.params["bias"] = xp.zeros((c,), dtype=self.dtype, device=dev)
-        self.buffers["running_mean"] = xp.zeros((c,), dtype=self.dtype, device=dev)
-        self.buffers["running_var"] = xp.ones((c,), dtype=self.dtype, device=dev)
+        params, buffers = self.param_shapes(input_shape), self.buffer_shapes(input_shape)
+        self.params["weight"] = xp.ones(params["weight"], dtype=self.dtype, device=dev)
+        self.params["bias"] = xp.zeros(params["bias"], dtype=self.dtype, device=dev)
+        self.buffers["running_mean"] = xp.zeros(buffers["running_mean"], dtype=self.dtype,
+                                                device=dev)
+        self.buffers["running_var"] = xp.ones(buffers["running_var"], dtype=self.dtype,
+                                              device=dev)
 
     def describe(self):
         return f"{self.num_features}, momentum {self.momentum}"
