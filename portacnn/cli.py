@@ -98,39 +98,34 @@ def _threads(requested: int) -> int:
 
 def output_problem(args) -> str | None:
     """The first problem with an output path or the data directory, found before any work
-    starts (so a long training run never ends in a traceback), or None."""
+    starts (so a long training run never ends in a traceback), or None. Folders are checked by
+    creating a file in them (:func:`portacnn.checkpoint.folder_problem`), which is right for
+    root too, and existing outputs must be regular files: a FIFO or a device is never
+    replaced."""
+    from .checkpoint import folder_problem, target_problem
+
     if args.save is not None:
         if args.save.is_dir():
             return (f"--save {args.save} is a directory: give a file name such as "
                     f"{args.save / 'lenet5.safetensors'}")
-        problem = _unwritable(args.save.parent)
+        problem = target_problem(args.save) or folder_problem(args.save.parent)
         if problem:
             return f"--save {args.save}: {problem}"
     if args.plots is not None:
         if args.plots.exists() and not args.plots.is_dir():
             return (f"--plots {args.plots} is a file: --plots takes a directory for the five "
                     "PNGs (created if missing)")
-        problem = _unwritable(args.plots)
+        problem = folder_problem(args.plots)
+        for name in PLOTS:
+            problem = problem or target_problem(args.plots / f"{name}.png", example=None)
         if problem:
             return f"--plots {args.plots}: {problem}"
     if args.download and args.data is not None:
         if args.data.exists() and not args.data.is_dir():
             return f"--data {args.data} is a file: give the directory to download MNIST into"
-        problem = _unwritable(args.data)
+        problem = folder_problem(args.data)
         if problem:
             return f"--data {args.data}: {problem}"
-    return None
-
-
-def _unwritable(directory: Path) -> str | None:
-    """Why files cannot be created in ``directory`` (made if missing), or None."""
-    existing = directory
-    while not existing.exists():          # the nearest existing folder will hold the new ones
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
     return None
 
 

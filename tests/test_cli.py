@@ -16,6 +16,7 @@ def test_default_training_reaches_95_percent_on_held_out_digits(tmp_path, capsys
     """The README's command with its defaults: LeNet-5, 10 epochs, bundled sample."""
     save = tmp_path / "lenet.safetensors"
     assert main(["train", "--quiet", "--save", str(save)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [save.name]     # no probe file left
     out = capsys.readouterr().out
     assert "backend numpy" in out and "Total params: 61,706" in out and "epoch 10/10" in out
     line = [l for l in out.splitlines() if l.startswith("test accuracy")][0]

@@ -346,6 +346,17 @@ def _a_file(tmp_path):
     return path
 
 
+def _a_fifo(tmp_path, name="pipe"):
+    path = tmp_path / name
+    os.mkfifo(path)
+    return path
+
+
+def _a_plots_folder_with_a_fifo(tmp_path):
+    _a_fifo(tmp_path, "history.png")
+    return tmp_path
+
+
 CLI_ERRORS = [
     ("--save onto a directory", lambda t: ["--save", str(t)],
      [r"--save \S+ is a directory: give a file name such as \S+lenet5.safetensors"]),
@@ -355,6 +366,17 @@ CLI_ERRORS = [
      [r"--plots \S+notes.txt is a file: --plots takes a directory"]),
     ("--download into a file", lambda t: ["--download", "--data", str(_a_file(t))],
      [r"--data \S+notes.txt is a file: give the directory to download MNIST into"]),
+    ("--save onto a FIFO", lambda t: ["--save", str(_a_fifo(t))],
+     [r"--save \S+pipe: \S+pipe is a FIFO, not a regular file"]),
+    ("--plots over a FIFO", lambda t: ["--plots", str(_a_plots_folder_with_a_fifo(t))],
+     [r"--plots \S+: \S+history\.png is a FIFO, not a regular file"]),
+    # os.access says yes to root under /proc and /sys; creating a file there does not
+    ("--save under /proc", lambda t: ["--save", "/proc/portacnn/m.safetensors"],
+     [r"--save /proc/portacnn/m\.safetensors: cannot create files in /proc"]),
+    ("--plots under /sys", lambda t: ["--plots", "/sys/portacnn-plots"],
+     [r"--plots /sys/portacnn-plots: cannot create files in /sys"]),
+    ("--download under /proc", lambda t: ["--download", "--data", "/proc/mnist"],
+     [r"--data /proc/mnist: cannot create files in /proc"]),
     ("a negative seed", lambda t: ["--seed", "-1"],
      [r"argument --seed: must be an integer >= 0, got -1"]),
     ("an infinite learning rate", lambda t: ["--lr", "inf"],
@@ -364,8 +386,13 @@ CLI_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("argv,words", [pytest.param(a, w, id=what)
-                                        for what, a, w in CLI_ERRORS])
+LINUX = pytest.mark.skipif(not Path("/proc/self").is_dir() or not Path("/sys").is_dir(),
+                           reason="/proc and /sys are Linux's")
+
+
+@pytest.mark.parametrize("argv,words", [
+    pytest.param(a, w, id=what, marks=[LINUX] if "/proc" in what or "/sys" in what else [])
+    for what, a, w in CLI_ERRORS])
 def test_the_cli_refuses_bad_options_before_training(tmp_path, argv, words):
     code, out, err = run_cli(*argv(tmp_path), "--epochs", "50")
     assert code == 2
