@@ -20,6 +20,7 @@ import sys
 from .. import checkpoint, training
 from ..backends import Backend, get_backend, on_device
 from ..layers import Buffer, Layer, Parameter
+from ..layers.base import unchanged_on_error
 from ..optim import Optimizer, get_optimizer
 from .summary import summary_text
 
@@ -100,17 +101,19 @@ class Sequential:
         its weights: they are checked against the inferred input shape and moved to the
         model's device and dtype.
 
-        Raises ``ValueError`` naming the first layer whose input shape does not fit.
+        Raises ``ValueError`` naming the first layer whose input shape does not fit. A build
+        that raises leaves the model and its layers as they were (unbuilt, without the input
+        shape it was given), so the next call with good data builds it afresh.
         """
-        if input_shape is not None:
-            self.input_shape = tuple(int(d) for d in input_shape)
-        if self.input_shape is None:
+        input_shape = (self.input_shape if input_shape is None
+                       else tuple(int(d) for d in input_shape))
+        if input_shape is None:
             raise ValueError("the input shape is unknown: pass input_shape=(C, H, W) to Sequential")
         if not self.layers:
             raise ValueError("the model has no layers")
         rng = self.backend.rng(self.seed)
-        shape = self.input_shape
-        with self.backend.activate():
+        shape = input_shape
+        with self.backend.activate(), unchanged_on_error(self.layers):
             for i, layer in enumerate(self.layers):
                 try:
                     if layer.built:
@@ -123,6 +126,7 @@ class Sequential:
                     raise ValueError(f"layer {i} ({layer.name}): {exc}") from None
                 layer.need_input_grad = i > 0     # nothing upstream of the first layer
                 layer.train(self.training)
+        self.input_shape = input_shape
         self._parameters = tuple(p for i, layer in enumerate(self.layers)
                                  for p in layer.parameters(f"{i}."))
         self._buffers = tuple(b for i, layer in enumerate(self.layers)
