@@ -100,6 +100,19 @@ ERRORS = [
      ValueError, [r"y\[9\] is -1 but the model has 10 classes"]),
     ("one NaN pixel in x", lambda: ten_classes().fit(nan_pixel(X), labels(), verbose=0),
      ValueError, [r"x\[7\] holds NaN or infinity \(1 of 40 samples", "np.isfinite"]),
+    *[(f"validation_data {what}",
+       lambda v=value: ten_classes().fit(X, labels(), validation_data=v(), verbose=0),
+       error, [r"validation_data must be a pair \(x_val, y_val\)", words,
+               r"validation_data=\(x_test, y_test\)", "validation_split"])
+      for what, value, error, words in (
+          ("without labels", lambda: (X,), ValueError, "got a tuple of 1 item"),
+          ("of three", lambda: (X, labels(), labels()), ValueError, "got a tuple of 3 items"),
+          ("as one array", lambda: X, TypeError, "got a numpy.ndarray"),
+          ("as a dict", lambda: {"x": X, "y": labels()}, TypeError, "got a dict"),
+          ("with y None", lambda: (X, None), TypeError, "y_val is None"))],
+    ("validation_data of a list", lambda: ten_classes().fit(
+        X, labels(), validation_data=(X.tolist(), labels()), verbose=0),
+     TypeError, [r"validation x is a list", "host NumPy array"]),
     ("infinity in the validation x",
      lambda: ten_classes().fit(X, labels(), validation_data=(np.full_like(X, np.inf), labels()),
                                verbose=0),
@@ -157,9 +170,11 @@ def test_bad_input_gets_a_clear_error(action, error, words):
 def test_errors_come_before_any_damage():
     model = ten_classes()
     before = weights(model)
-    for x, y in ((nan_pixel(X), labels()), (X, labels(10)), (X, labels().astype(str))):
+    for x, y, kwargs in ((nan_pixel(X), labels(), {}), (X, labels(10), {}),
+                         (X, labels().astype(str), {}), (X, labels(), {"validation_data": (X,)}),
+                         (X, labels(), {"validation_data": (X, labels(), labels())})):
         with pytest.raises((ValueError, TypeError)):
-            model.fit(x, y, verbose=0)
+            model.fit(x, y, verbose=0, **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
     assert model.optimizer is None                      # not even an optimizer was set
 

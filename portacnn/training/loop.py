@@ -145,6 +145,8 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     ``replicas``: where each batch is computed (see the module's docstring)."""
     checks.positive_int(epochs, "epochs")
     checks.positive_int(batch_size, "batch_size")
+    if validation_data is not None:
+        validation_data = checks.validation_pair(validation_data)
     checks.check_arrays(model, x, y)
     model.build_for(x)
     checks.check_against_model(model, x, y)
