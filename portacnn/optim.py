@@ -26,6 +26,7 @@ import contextlib
 import math
 
 from .backends import namespace
+from .scalars import is_real, positive_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get_optimizer", "OPTIMIZERS"]
 
@@ -41,11 +42,9 @@ class Optimizer:
     """
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
-        if weight_decay < 0:
+        self.lr = positive_real(lr, "learning rate")
+        if not (is_real(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.state: dict[str, dict] = {}
         self.steps = 0
@@ -157,7 +156,7 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
+        if not (is_real(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
@@ -187,10 +186,10 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        if not all(is_real(b) and 0.0 <= b < 1.0 for b in (b1, b2)):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
         self.betas = (float(b1), float(b2))
-        self.eps = float(eps)
+        self.eps = positive_real(eps, "eps")
 
     def _update(self, value, grad, state):
         b1, b2 = self.betas
@@ -213,12 +212,12 @@ class RMSprop(Optimizer):
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0.0 <= alpha < 1.0:
+        if not (is_real(alpha) and 0.0 <= alpha < 1.0):
             raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
-        if not 0.0 <= momentum < 1.0:
+        if not (is_real(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.alpha = float(alpha)
-        self.eps = float(eps)
+        self.eps = positive_real(eps, "eps")
         self.momentum = float(momentum)
 
     def _update(self, value, grad, state):

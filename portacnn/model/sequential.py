@@ -22,9 +22,15 @@ from ..backends import Backend, get_backend, on_device
 from ..layers import Buffer, Layer, Parameter
 from ..layers.base import unchanged_on_error
 from ..optim import Optimizer, get_optimizer
+from ..scalars import positive_int, seed_or_none
 from .summary import summary_text
 
 __all__ = ["Sequential"]
+
+
+def _per_sample(input_shape) -> tuple:
+    """A per-sample input shape ``(C, H, W)`` as a tuple of ints, each checked >= 1."""
+    return tuple(positive_int(d, "every size in input_shape") for d in input_shape)
 
 
 class Sequential:
@@ -57,9 +63,9 @@ class Sequential:
         self.layers: list[Layer] = []
         self.backend: Backend = get_backend(device)
         self.dtype_name = dtype
-        self.seed = seed
+        self.seed = seed_or_none(seed)
         self.loss_name = loss
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self.input_shape = None if input_shape is None else _per_sample(input_shape)
         self.optimizer: Optimizer | None = None
         self.training = True
         self.output_shape = None              # per-sample output shape, set by build
@@ -105,8 +111,7 @@ class Sequential:
         that raises leaves the model and its layers as they were (unbuilt, without the input
         shape it was given), so the next call with good data builds it afresh.
         """
-        input_shape = (self.input_shape if input_shape is None
-                       else tuple(int(d) for d in input_shape))
+        input_shape = self.input_shape if input_shape is None else _per_sample(input_shape)
         if input_shape is None:
             raise ValueError("the input shape is unknown: pass input_shape=(C, H, W) to Sequential")
         if not self.layers:

@@ -17,14 +17,9 @@ bad sample, which the error names, runs only on error.
 from __future__ import annotations
 
 from ..backends import describe_array, is_host_array, namespace
+from ..scalars import positive_int
 
 __all__ = ["positive_int", "validation_pair", "check_arrays", "check_against_model"]
-
-
-def positive_int(value, name):
-    """Raise ``ValueError`` unless ``value`` is an int >= 1 (``bool`` is not)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def validation_pair(validation_data) -> tuple:
