@@ -66,7 +66,7 @@ class Sequential:
         self.seed = seed_or_none(seed)
         self.loss_name = loss
         self.input_shape = None if input_shape is None else _per_sample(input_shape)
-        self.optimizer: Optimizer | None = None
+        self._optimizer: Optimizer | None = None
         self.training = True
         self.output_shape = None              # per-sample output shape, set by build
         self._parameters: tuple[Parameter, ...] = ()    # made once, by build
@@ -170,6 +170,20 @@ class Sequential:
             raise ValueError(f"cannot build the model from an input of shape {tuple(x.shape)}: "
                              "give a batch (N, C, H, W), or input_shape=(C, H, W) to Sequential")
         self.build(self.input_shape or tuple(x.shape[1:]))
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The model's optimizer: set by ``fit`` or restored by :func:`portacnn.load`, and
+        used by the next ``fit`` that is given none. Setting it binds the optimizer to the
+        model's parameters (:meth:`~portacnn.optim.Optimizer.bind`), so one that already
+        trains another model is refused."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Optimizer | None) -> None:
+        if optimizer is not None:
+            optimizer.bind(self.parameters())
+        self._optimizer = optimizer
 
     # --- parameters -------------------------------------------------------------------------
     def parameters(self) -> tuple[Parameter, ...]:
