@@ -57,6 +57,10 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
             pytest.skip("cupy is installed: the missing-CuPy message does not apply")
         except ImportError:
             pass
+        from portacnn.backends.cupy_doctor import nvidia_driver_signs
+
+        if not nvidia_driver_signs():                 # no GPU: no install advice comes first
+            message = "error: this machine shows no NVIDIA GPU"
     res = subprocess.run([sys.executable, "-m", "portacnn", "train", *args],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
