@@ -8,6 +8,7 @@ process ends the job with a non-zero status.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import sys
@@ -53,9 +54,11 @@ def _positive_float(text):
 
 
 def _version() -> str:
-    from . import __version__
-
-    return f"portacnn {__version__}"
+    """``portacnn X.Y.Z``: the installed distribution's version (``portacnn.__version__``)."""
+    try:
+        return f"portacnn {importlib.metadata.version('portacnn')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "portacnn (version unknown: not installed; pip install . records it)"
 
 
 def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
