@@ -305,7 +305,8 @@ def test_a_failed_build_leaves_the_model_unbuilt(first_call, bad):
     x, y = toy_data(24)
     bad_x = x[0] if bad == "no batch axis" else np.ones((24, 3, 1, 1), np.float32)
     model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)])
-    calls = {"fit": lambda x: model.fit(x, y, verbose=0), "evaluate": lambda x: model.evaluate(x, y),
+    calls = {"fit": lambda x: model.fit(x, y, verbose=0),
+             "evaluate": lambda x: model.evaluate(x, y),
              "build": lambda x: model.build(x.shape[1:])}
     call = calls.get(first_call, getattr(model, first_call))
     with pytest.raises(ValueError, match=r"layer [02] \((Conv2D|MaxPool2D)\)"):

@@ -6,8 +6,8 @@ its device current (:meth:`CupyBackend.activate`) wherever portacnn computes, wh
 makes ``cuda:N`` work for every N.
 
 Creating the backend imports CuPy through the install doctor (a machine without CuPy hears
-first whether it has an NVIDIA GPU at all) and runs its smoke test (:func:`.cupy_doctor.smoke_test`):
-a CuPy wheel without NVRTC or cuBLAS, a driver that is too old, or a missing device each become
+first whether it has an NVIDIA GPU at all) and runs its smoke test
+(:func:`.cupy_doctor.smoke_test`): a CuPy wheel without NVRTC or cuBLAS, a driver that is too old, or a missing device each become
 a :class:`~.errors.DeviceError` that names the versions found and what to do.
 """
 

@@ -30,7 +30,8 @@ def validation_pair(validation_data) -> tuple:
            "last tenth of x")
     if not isinstance(validation_data, (tuple, list)):
         kind = type(validation_data)
-        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        name = (kind.__name__ if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__name__}")
         raise TypeError(f"validation_data must be a pair (x_val, y_val), got a {name}: {fix}")
     if len(validation_data) != 2:
         count = len(validation_data)
