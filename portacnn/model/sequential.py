@@ -288,7 +288,8 @@ class Sequential:
                 naming the first bad sample.
             optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...);
                 by default the model's own (``model.optimizer``: restored by :func:`load` or
-                set by an earlier ``fit``), else ``SGD(lr=0.01)``.
+                set by an earlier ``fit``), else ``SGD(lr=0.01)``. An optimizer trains one
+                model: one that trains another is refused (``RuntimeError``).
             validation_data: ``(x_val, y_val)`` evaluated after each epoch; or
             validation_split: the fraction of ``x`` (taken from its end, before shuffling) held
                 out for validation.
