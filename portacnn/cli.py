@@ -8,6 +8,7 @@ process ends the job with a non-zero status.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import sys
@@ -52,35 +53,52 @@ def _positive_float(text):
     return value
 
 
+def _version() -> str:
+    """``portacnn X.Y.Z``: the installed distribution's version (``portacnn.__version__``)."""
+    try:
+        return f"portacnn {importlib.metadata.version('portacnn')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "portacnn (version unknown: not installed; pip install . records it)"
+
+
 def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
+    """The options of ``train``; each help text ends with the option's default."""
     p = _Parser(prog=prog, description="Train LeNet-5 on MNIST (the bundled sample by default).")
+    p.add_argument("--version", action="version", version=_version())
     p.add_argument("--device", default=None,
-                   help="cpu (NumPy) or gpu / cuda:N (CuPy); default $PORTACNN_DEVICE or cpu")
+                   help="cpu (NumPy) or gpu / cuda:N (CuPy) (default: $PORTACNN_DEVICE or cpu)")
     p.add_argument("--model", default="lenet5", choices=["lenet5", "lenet5-relu", "lenet5-bn"],
                    help="lenet5: tanh + average pooling; lenet5-relu: ReLU + max pooling; "
-                        "lenet5-bn: lenet5-relu with batch normalisation")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+                        "lenet5-bn: lenet5-relu with batch normalisation (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=10,
+                   help="passes over the training images (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images per update (default: %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=None,
-                   help="learning rate (default 0.02 for sgd, 0.003 for adam, 0.001 for rmsprop)")
+                   help="learning rate (default: 0.02 for sgd, 0.003 for adam, 0.001 for "
+                        "rmsprop)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "rmsprop"],
-                   help="sgd uses momentum 0.9")
-    p.add_argument("--data", default=None, type=Path,
+                   help="sgd uses momentum 0.9 (default: %(default)s)")
+    p.add_argument("--data", default=None, type=Path, metavar="DIR",
                    help="a directory of MNIST IDX files (default: the bundled 4,000/1,000 sample)")
     p.add_argument("--download", action="store_true",
                    help="download full MNIST into --data DIR (default $PORTACNN_DATA/mnist or "
                         "~/.cache/portacnn/mnist; needs portacnn[data]); later runs read it with "
                         "--data DIR")
-    p.add_argument("--seed", type=_integer(0), default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--save", default=None, type=Path, help="write the trained model here")
+    p.add_argument("--seed", type=_integer(0), default=0,
+                   help="seed of the initial weights and the shuffling (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="precision of the weights and the computation (default: %(default)s)")
+    p.add_argument("--save", default=None, type=Path, metavar="PATH",
+                   help="write the trained model here, a .safetensors file (default: not saved)")
     p.add_argument("--plots", default=None, type=Path, metavar="DIR",
                    help="write history, filters, feature_maps, predictions and confusion PNGs "
-                        "to DIR after training (needs portacnn[viz])")
+                        "to DIR after training (needs portacnn[viz]) (default: no pictures)")
     p.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS (and PyTorch) threads; default 1, which stays fast when another "
-                        "process is busy on the machine. Capped at the machine's cores")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="BLAS (and PyTorch) threads, capped at the machine's cores; 1 stays "
+                        "fast when another process is busy on the machine (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar: one line per epoch, as in a log")
     return p
 
 
@@ -222,8 +240,12 @@ def main(argv=None) -> int:
     from .distributed import DistributedError, abort, launched_by_mpi
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(_version())
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m portacnn train [options]   (python -m portacnn train --help)")
+        print("usage: python -m portacnn train [options]   (python -m portacnn train --help)\n"
+              "       python -m portacnn --version")
         return 0 if argv else 2
     if argv[0] != "train":
         print(f"portacnn: error: unknown command {argv[0]!r}; the command is 'train'",

@@ -16,6 +16,10 @@ handful of kernel launches per step whatever the number of parameters (SGD with 
 ``concat`` and four arithmetic operations, instead of four per parameter). On the CPU each
 parameter is updated by itself, the same rule on its own array, which stays in cache.
 
+An optimizer belongs to the parameters of its first step (:meth:`Optimizer.bind`): its state
+and step count are theirs, so another model's parameters are refused with the way to make a
+fresh optimizer, rather than updated with the first model's momentum.
+
     >>> opt = SGD(lr=0.02, momentum=0.9)
     >>> opt.step(model.parameters())   # [Parameter, ...]: .name, .value, .grad
 """
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 from .backends import namespace
+from .scalars import is_real, positive_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get_optimizer", "OPTIMIZERS"]
 
@@ -38,18 +44,38 @@ class Optimizer:
         lr: learning rate (may be changed between steps).
         state: ``{parameter name: {slot: array}}`` on the parameters' device.
         steps: number of ``step`` calls so far.
+        state and steps belong to the parameters the optimizer is bound to (:meth:`bind`).
     """
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
-        if weight_decay < 0:
+        self.lr = positive_real(lr, "learning rate")
+        if not (is_real(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.state: dict[str, dict] = {}
         self.steps = 0
         self._flat: dict[tuple, tuple] = {}     # (names, slot) -> (flat array, its views)
+        self._owners: dict[str, weakref.ref] = {}   # parameter name -> its layer, from bind
+
+    def bind(self, parameters) -> None:
+        """Tie the optimizer to ``parameters`` (``model.parameters()``) if it is tied to none
+        yet; otherwise raise ``RuntimeError`` unless each is one it is tied to (the same name
+        of the same layer object, so moving the model with ``to`` keeps them). ``step`` binds
+        to the parameters of the first step, a model to the optimizer it is given (``fit``,
+        :func:`portacnn.load`)."""
+        params = list(parameters)
+        if not self._owners:
+            self._owners = {p.name: weakref.ref(p.layer) for p in params}
+            return
+        for p in params:
+            owner = self._owners.get(p.name)
+            if owner is None or owner() is not p.layer:
+                raise RuntimeError(
+                    f"{self!r} already trains another model: its state (momentum, step count) "
+                    f"belongs to that model's parameters, and {p.name} here is not one of them."
+                    " Give each model its own optimizer: a new one, or "
+                    "portacnn.optim.get_optimizer(optimizer.get_config()) for a fresh one with "
+                    "the same settings")
 
     def step(self, parameters) -> None:
         """Apply one update to every :class:`~portacnn.layers.Parameter` (``model.parameters()``)
@@ -60,6 +86,8 @@ class Optimizer:
         together: one call of ``_update`` on 1-D arrays of ``sum(p.size)`` elements. Otherwise
         each parameter is one call on its own arrays.
         """
+        parameters = list(parameters)
+        self.bind(parameters)
         self.steps += 1
         params = [p for p in parameters if p.grad is not None]
         if not params:
@@ -162,7 +190,7 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
+        if not (is_real(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
@@ -195,10 +223,10 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
         b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        if not all(is_real(b) and 0.0 <= b < 1.0 for b in (b1, b2)):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
         self.betas = (float(b1), float(b2))
-        self.eps = float(eps)
+        self.eps = positive_real(eps, "eps")
 
     def _update(self, value, grad, state):
         b1, b2 = self.betas
@@ -224,12 +252,12 @@ class RMSprop(Optimizer):
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0.0 <= alpha < 1.0:
+        if not (is_real(alpha) and 0.0 <= alpha < 1.0):
             raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
-        if not 0.0 <= momentum < 1.0:
+        if not (is_real(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.alpha = float(alpha)
-        self.eps = float(eps)
+        self.eps = positive_real(eps, "eps")
         self.momentum = float(momentum)
 
     def _update(self, value, grad, state):

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .scalars import is_int
+
 __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_pool2d_backward",
            "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dense",
            "dense_backward", "softmax_cross_entropy", "mse", "upsample_nearest",
@@ -19,7 +21,7 @@ __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_poo
 
 
 def _two(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+    return (int(v), int(v)) if is_int(v) else tuple(int(i) for i in v)
 
 
 def pads(size, k, s, padding):

@@ -7,9 +7,12 @@ arrays are immutable, so it proves the kernels write into no existing array); cu
 its smoke test passes on a CUDA device, otherwise it skips with the reason.
 ``PORTACNN_TEST_BACKENDS=numpy,torch`` narrows the matrix (tests/helpers.py builds it).
 
-Fixtures only: what tests share as functions and data is in tests/helpers.py.
+Fixtures, and one reporting hook: the skips counted by reason at the end of a run, one line
+per reason instead of one per test (``pytest -rs`` lists each). What tests share as functions
+and data is in tests/helpers.py.
 """
 
+import collections
 import http.server
 import threading
 
@@ -74,3 +77,22 @@ def server(tmp_path):
     yield f"http://127.0.0.1:{httpd.server_address[1]}", MirrorHandler
     httpd.shutdown()
     httpd.server_close()
+
+
+def skip_reason(report) -> str:
+    """The reason a test skipped, as ``-rs`` prints it (without its file and line)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Count the skips by reason, most first, before the failures' short summary and the final
+    line; a missing optional library makes hundreds of skips with one reason."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    counts = collections.Counter(skip_reason(report) for report in skipped)
+    terminalreporter.write_sep("-", f"{len(skipped)} skipped, by reason (pytest -rs lists each)")
+    for reason, count in counts.most_common():
+        terminalreporter.write_line(f"{count:5d}  {reason}")

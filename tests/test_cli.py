@@ -58,6 +58,10 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
             pytest.skip("cupy is installed: the missing-CuPy message does not apply")
         except ImportError:
             pass
+        from portacnn.backends.cupy_doctor import nvidia_driver_signs
+
+        if not nvidia_driver_signs():                 # no GPU: no install advice comes first
+            message = "error: this machine shows no NVIDIA GPU"
     res = subprocess.run([sys.executable, "-m", "portacnn", "train", *args],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
@@ -68,3 +72,35 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
 
 def test_unknown_command():
     assert main(["fly"]) == 2
+
+
+def test_version_is_printed_by_the_command_and_by_train(capsys):
+    import importlib.metadata
+
+    try:                                            # installed, as the README's commands do
+        importlib.metadata.version("portacnn")
+        expected = f"portacnn {portacnn.__version__}\n"
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH alone
+        expected = "portacnn (version unknown: not installed; pip install . records it)\n"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == expected
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == expected
+    assert main(["--help"]) == 0 and "--version" in capsys.readouterr().out
+
+
+def test_help_shows_every_options_default():
+    from portacnn.cli import train_parser
+
+    parser = train_parser()
+    text = " ".join(parser.format_help().split())
+    for option, default in (("--epochs", "10"), ("--batch-size", "32"), ("--seed", "0"),
+                            ("--dtype", "float32"), ("--optimizer", "sgd"),
+                            ("--model", "lenet5"), ("--threads", "1")):
+        assert f"(default: {default})" in text.split(f"{option} ", 2)[-1].split(" --")[0], option
+    for action in parser._actions:          # each option that takes a value says its default
+        if action.option_strings and action.nargs != 0:
+            assert "default" in (action.help or ""), action.option_strings
+    assert "--quiet" in text and "progress" in text

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from portacnn.backends import CupyBackend, DeviceError, NoDeviceError, get_backend
-from portacnn.backends.cupy_doctor import check_libraries, smoke_test
+from portacnn.backends import cupy_doctor
+from portacnn.backends.cupy_doctor import check_libraries, nvidia_driver_signs, smoke_test
 
 from fake_cupy import INSUFFICIENT, NO_CUBLAS, NO_NVRTC, fake_cupy
 from helpers import make_backend
@@ -70,6 +71,44 @@ def test_no_gpu_at_all_is_told_apart_from_a_broken_one(install_fake, kwargs):
     with pytest.raises(DeviceError) as info:
         get_backend("gpu")
     assert not isinstance(info.value, NoDeviceError)
+
+
+@pytest.mark.parametrize("signs", [[], ["/proc/driver/nvidia"]], ids=["no-gpu", "gpu"])
+def test_without_cupy_a_machine_with_no_gpu_is_told_so_before_any_install(monkeypatch, signs):
+    """Installing CuPy (hundreds of MB) cannot help a machine without an NVIDIA GPU: it hears
+    that first (NoDeviceError); a machine with one hears which extra to install."""
+    monkeypatch.setitem(sys.modules, "cupy", None)          # importing cupy fails
+    monkeypatch.setattr(cupy_doctor, "nvidia_driver_signs", lambda: signs)
+    with pytest.raises(DeviceError) as info:
+        get_backend("gpu")
+    message = str(info.value)
+    if signs:
+        assert not isinstance(info.value, NoDeviceError)
+        assert message.startswith("cupy is not installed: ") and "portacnn[gpu]" in message
+    else:
+        assert isinstance(info.value, NoDeviceError)
+        assert message.startswith("this machine shows no NVIDIA GPU (no NVIDIA driver: "), message
+        assert "installing CuPy cannot help" in message and "device='cpu'" in message
+
+
+def test_the_driver_is_found_by_its_files_its_tool_or_its_library(monkeypatch, tmp_path):
+    import ctypes.util
+
+    present = tmp_path / "nvidia"
+    present.mkdir()
+    libraries = {}
+    monkeypatch.setattr(ctypes.util, "find_library", libraries.get)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert nvidia_driver_signs(paths=[str(tmp_path / "absent")]) == []
+    assert nvidia_driver_signs(paths=[str(tmp_path / "absent"), str(present)]) == [str(present)]
+    (tmp_path / "bin").mkdir()
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n")
+    smi.chmod(0o755)
+    assert nvidia_driver_signs(paths=[]) == [str(smi)]
+    smi.unlink()
+    libraries.update(cuda="libcuda.so.1", nvcuda="nvcuda.dll")
+    assert nvidia_driver_signs(paths=[]) in (["libcuda.so.1"], ["nvcuda.dll"])
 
 
 def test_library_check_needs_no_gpu_and_names_what_is_missing(install_fake, monkeypatch):

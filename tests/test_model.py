@@ -293,3 +293,45 @@ def test_parameters_and_buffers_are_made_once_when_the_model_is_built():
     assert params[0].value is model.layers[0].params["weight"]
     assert buffers[0].value is model.layers[1].buffers["running_mean"]
     assert Sequential([Dense(3)]).parameters() == ()          # nothing before build
+
+
+@pytest.mark.parametrize("first_call", ["fit", "predict", "evaluate", "forward", "build"])
+@pytest.mark.parametrize("bad", ["no batch axis", "fails at a later layer"])
+def test_a_failed_build_leaves_the_model_unbuilt(first_call, bad):
+    """A first batch that cannot build the model (a single image without the batch axis; or
+    3 channels of 1x1, which builds the convolution before the pooling refuses it) raises and
+    leaves the model and every layer as they were: the next call with good data builds the
+    model the bad call never touched."""
+    x, y = toy_data(24)
+    bad_x = x[0] if bad == "no batch axis" else np.ones((24, 3, 1, 1), np.float32)
+    model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)])
+    calls = {"fit": lambda x: model.fit(x, y, verbose=0),
+             "evaluate": lambda x: model.evaluate(x, y),
+             "build": lambda x: model.build(x.shape[1:])}
+    call = calls.get(first_call, getattr(model, first_call))
+    with pytest.raises(ValueError, match=r"layer [02] \((Conv2D|MaxPool2D)\)"):
+        call(bad_x)
+    assert not model.built and model.input_shape is None
+    assert not any(layer.built or layer.params or layer.input_shape for layer in model.layers)
+    assert model.layers[0].in_channels is None and model.layers[4].in_features is None
+    call(x)
+    assert model.input_shape == (1, 6, 6) and model.output_shape == (3,)
+    if first_call != "fit":                   # the same weights as a model never given bad data
+        reference = [np.asarray(p.value) for p in small_net().parameters()]
+        assert all(np.array_equal(np.asarray(p.value), r)
+                   for p, r in zip(model.parameters(), reference))
+
+
+def test_a_layer_whose_build_fails_is_left_unbuilt():
+    """An error while a layer creates its parameters (here: drawing the initial weights)
+    leaves it unbuilt, not half built with no weights."""
+    class FailingRNG:
+        def uniform(self, *args, **kwargs):
+            raise MemoryError("no room for the weights")
+
+    conv = Conv2D(4, 3)
+    with pytest.raises(MemoryError):
+        conv.build((1, 6, 6), get_backend("cpu"), FailingRNG())
+    assert not conv.built and conv.params == {} and conv.in_channels is None
+    assert conv.input_shape is None
+    assert conv.forward(np.ones((2, 1, 6, 6), np.float32)).shape == (2, 4, 4, 4)

@@ -6,10 +6,12 @@ import types
 import numpy as np
 import pytest
 
+import portacnn
+from portacnn import Dense, Flatten, Sequential
 from portacnn.layers import Layer
 from portacnn.optim import SGD, Adam, RMSprop, get_optimizer
 
-from helpers import assert_close
+from helpers import assert_close, small_net, toy_data
 
 
 def _run(opt, backend, p0, grads):
@@ -150,3 +152,42 @@ def test_parameters_without_a_gradient_are_left_alone(core_backend):
     opt.step(a.parameters("a.") + b.parameters("b."))
     assert set(opt.state) == {"a.weight"}
     assert np.array_equal(core_backend.to_numpy(b.params["weight"]), before)
+
+
+def _values(model):
+    return [np.array(model.backend.to_numpy(p.value)) for p in model.parameters()]
+
+
+ANOTHER_MODEL = (r"SGD\(lr=0.02.*\) already trains another model: its state \(momentum, step "
+                 r"count\) belongs to that model's parameters.*each model its own optimizer.*"
+                 r"get_optimizer\(optimizer.get_config\(\)\)")
+
+
+def test_an_optimizer_belongs_to_the_model_it_first_trains(tmp_path):
+    """Its momentum and step count are that model's: another model, of the same shapes or not,
+    is refused before any update, with the way to get a fresh optimizer of the same settings;
+    the first model keeps it across fits, a move to another device, and a save and load."""
+    x, y = toy_data(24)
+    opt = SGD(0.02, momentum=0.9)
+    first = small_net()
+    first.fit(x, y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
+    for second in (small_net(seed=1),                                   # the same shapes
+                   Sequential([Flatten(), Dense(3)], input_shape=(1, 6, 6))):   # others
+        before = _values(second)
+        with pytest.raises(RuntimeError, match=ANOTHER_MODEL):
+            second.fit(x, y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
+        with pytest.raises(RuntimeError, match=ANOTHER_MODEL):
+            second.train_step(x[:8], y[:8], opt)
+        assert second.optimizer is None and opt.steps == 3
+        assert all(np.array_equal(a, b) for a, b in zip(before, _values(second)))
+        second.fit(x, y, epochs=1, batch_size=8, optimizer=get_optimizer(opt.get_config()),
+                   verbose=0)                                            # a fresh copy trains
+    first.fit(x, y, epochs=1, batch_size=8, verbose=0)                  # its own, again
+    first.to("array_api_strict")
+    first.fit(x, y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
+    assert first.optimizer is opt and opt.steps == 9
+    loaded = portacnn.load(first.save(tmp_path / "m.safetensors"))
+    with pytest.raises(RuntimeError, match="already trains another model"):
+        small_net().fit(x, y, epochs=1, batch_size=8, optimizer=loaded.optimizer, verbose=0)
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)                  # the one it came with
+    assert loaded.optimizer.steps == 12

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn import (CheckpointError, Conv2D, Dense, DeviceError, Flatten, MaxPool2D, ReLU,
-                      Sequential, get_backend)
+from portacnn import (AvgPool2D, BatchNorm2D, CheckpointError, Conv2D, Dense, DeviceError,
+                      Dropout, Flatten, MaxPool2D, ReLU, Sequential, Upsample2D, get_backend)
 from portacnn.cli import _threads, main
 from portacnn.data import DataError, download_mnist, load_mnist
-from portacnn.optim import SGD, Adam
+from portacnn.optim import SGD, Adam, RMSprop
 
 from helpers import mnist_registry, small_net, toy_data
 
@@ -100,6 +100,19 @@ ERRORS = [
      ValueError, [r"y\[9\] is -1 but the model has 10 classes"]),
     ("one NaN pixel in x", lambda: ten_classes().fit(nan_pixel(X), labels(), verbose=0),
      ValueError, [r"x\[7\] holds NaN or infinity \(1 of 40 samples", "np.isfinite"]),
+    *[(f"validation_data {what}",
+       lambda v=value: ten_classes().fit(X, labels(), validation_data=v(), verbose=0),
+       error, [r"validation_data must be a pair \(x_val, y_val\)", words,
+               r"validation_data=\(x_test, y_test\)", "validation_split"])
+      for what, value, error, words in (
+          ("without labels", lambda: (X,), ValueError, "got a tuple of 1 item"),
+          ("of three", lambda: (X, labels(), labels()), ValueError, "got a tuple of 3 items"),
+          ("as one array", lambda: X, TypeError, "got a numpy.ndarray"),
+          ("as a dict", lambda: {"x": X, "y": labels()}, TypeError, "got a dict"),
+          ("with y None", lambda: (X, None), TypeError, "y_val is None"))],
+    ("validation_data of a list", lambda: ten_classes().fit(
+        X, labels(), validation_data=(X.tolist(), labels()), verbose=0),
+     TypeError, [r"validation x is a list", "host NumPy array"]),
     ("infinity in the validation x",
      lambda: ten_classes().fit(X, labels(), validation_data=(np.full_like(X, np.inf), labels()),
                                verbose=0),
@@ -125,6 +138,20 @@ ERRORS = [
      lambda: Sequential([Flatten(), Dense(3, dtype="float64")], input_shape=(1, 6, 6)),
      ValueError, ["Dense was made with dtype='float64' but the model is float32",
                   "pass dtype='float64' to Sequential"]),
+    *[(f"{what} given True", make, error, [rf"{what} must be {kind}, got True"])
+      for what, make, error, kind in (
+          ("epochs", lambda: ten_classes().fit(X, labels(), epochs=True, verbose=0), ValueError,
+           "a positive int"),
+          ("batch_size", lambda: ten_classes().predict(X, batch_size=True), ValueError,
+           "a positive int"),
+          ("out_features", lambda: Dense(True), ValueError, "a positive int"),
+          ("learning rate", lambda: SGD(True), ValueError, "a positive number"))],
+    ("epochs of 2.5", lambda: ten_classes().fit(X, labels(), epochs=2.5, verbose=0),
+     ValueError, [r"epochs must be a positive int, got 2.5"]),
+    ("in_channels of 1.5", lambda: Conv2D(4, 3, in_channels=1.5),
+     ValueError, [r"in_channels must be a positive int, got 1.5"]),
+    ("a seed of 0.5", lambda: Sequential([Dense(3)], seed=0.5),
+     ValueError, [r"seed must be an int >= 0 or None, got 0.5"]),
     ("model.backward before any forward",
      lambda: ten_classes().backward(np.ones((2, 10), np.float32)),
      RuntimeError, ["Sequential.backward called before forward", r"model.train\(\)"]),
@@ -157,9 +184,11 @@ def test_bad_input_gets_a_clear_error(action, error, words):
 def test_errors_come_before_any_damage():
     model = ten_classes()
     before = weights(model)
-    for x, y in ((nan_pixel(X), labels()), (X, labels(10)), (X, labels().astype(str))):
+    for x, y, kwargs in ((nan_pixel(X), labels(), {}), (X, labels(10), {}),
+                         (X, labels().astype(str), {}), (X, labels(), {"validation_data": (X,)}),
+                         (X, labels(), {"validation_data": (X, labels(), labels())})):
         with pytest.raises((ValueError, TypeError)):
-            model.fit(x, y, verbose=0)
+            model.fit(x, y, verbose=0, **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(before, weights(model)))
     assert model.optimizer is None                      # not even an optimizer was set
 
@@ -212,6 +241,33 @@ def test_a_healthy_run_gets_no_divergence_hint():
 
 
 # --- habits from Keras and PyTorch ---------------------------------------------------------
+def test_numpy_scalars_are_numbers_like_any_other(tmp_path):
+    """Sizes, counts and rates computed with NumPy (np.int64, np.float32) are accepted wherever
+    a Python int or float is, and stored as plain numbers: the model still saves and loads."""
+    i, f = np.int64, np.float32
+    x, y = toy_data(24)
+    model = Sequential([Conv2D(i(4), i(3), stride=np.int32(1), padding=i(1), in_channels=i(1),
+                               seed=i(2)),
+                        BatchNorm2D(i(4), eps=f(1e-5), momentum=f(0.1)), ReLU(),
+                        Upsample2D(i(2)), MaxPool2D(i(2), stride=(i(2), i(2))),
+                        AvgPool2D(np.uint8(2)), Flatten(), Dropout(f(0.1), seed=i(0)),
+                        Dense(i(3), in_features=i(36))],
+                       input_shape=(i(1), i(6), i(6)), seed=i(0))
+    for optimizer in (SGD(f(0.02), momentum=f(0.9), weight_decay=f(1e-4)),
+                      Adam(f(1e-3), betas=(f(0.9), f(0.999)), eps=f(1e-8)),
+                      RMSprop(np.float64(1e-3), alpha=f(0.9), momentum=f(0.5))):
+        model.optimizer = None
+        model.fit(x, y, epochs=i(2), batch_size=np.int32(8), optimizer=optimizer,
+                  validation_split=f(0.25), seed=i(1), verbose=i(0))
+    assert type(model.optimizer.lr) is float and type(model.seed) is int
+    model.evaluate(x, y, batch_size=i(8))
+    assert model.predict(x, batch_size=np.uint16(5)).shape == (24, 3)
+    with model.backend.limit_threads(i(1)):
+        pass
+    loaded = portacnn.load(model.save(tmp_path / "m.safetensors"))    # the config is JSON
+    assert loaded.architecture() == model.architecture()
+
+
 def test_layers_told_their_input_size_are_checked_and_keep_their_weights():
     conv = Conv2D(4, 3, padding=1, in_channels=1, seed=3)
     dense = Dense(3, in_features=36, seed=4)

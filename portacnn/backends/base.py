@@ -23,6 +23,7 @@ import numpy as np  # host side only: host copies, never kernels
 
 from ..kernels import Kernels
 from ..namespace import describe_array, library_name, namespace
+from ..scalars import is_int
 from .memory import MemoryPeak, TracedPeak, UnknownPeak
 from .random import PortableRNG
 from .registry import registered_class
@@ -207,11 +208,11 @@ class Backend:
     def limit_threads(self, threads: int | None):
         """Context manager capping the CPU threads of the BLAS libraries loaded in this process
         (threadpoolctl); ``None`` leaves them alone. Subclasses add their library's own pools."""
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if threads is None:
             return contextlib.nullcontext()
+        if not is_int(threads) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        threads = int(threads)
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(limits=threads)

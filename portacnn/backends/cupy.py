@@ -5,8 +5,9 @@ CuPy launches every operation on the *current* device, and array-api-compat igno
 its device current (:meth:`CupyBackend.activate`) wherever portacnn computes, which is what
 makes ``cuda:N`` work for every N.
 
-Creating the backend runs the install doctor's smoke test (:func:`.cupy_doctor.smoke_test`):
-a CuPy wheel without NVRTC or cuBLAS, a driver that is too old, or a missing device each become
+Creating the backend imports CuPy through the install doctor (a machine without CuPy hears
+first whether it has an NVIDIA GPU at all) and runs its smoke test
+(:func:`.cupy_doctor.smoke_test`): a CuPy wheel without NVRTC or cuBLAS, a driver that is too old, or a missing device each become
 a :class:`~.errors.DeviceError` that names the versions found and what to do.
 """
 
@@ -15,8 +16,7 @@ from __future__ import annotations
 import array_api_compat
 
 from .base import Backend
-from .cupy_doctor import INSTALL_HINT, smoke_test, version_fields
-from .errors import import_library
+from .cupy_doctor import import_cupy, smoke_test, version_fields
 from .memory import MemoryPeak
 from .registry import register
 
@@ -46,7 +46,7 @@ class CupyBackend(Backend):
 
     @classmethod
     def create(cls, device=None) -> "CupyBackend":
-        cupy = import_library("cupy", INSTALL_HINT)
+        cupy = import_cupy()
         index = 0 if device is None else int(getattr(device, "id", device))
         smoke_test(cupy, index)
         dev = cupy.cuda.Device(index)

@@ -1,5 +1,8 @@
 """The CuPy install doctor: what is wrong with a CUDA machine, in words that say what to do.
 
+* :func:`import_cupy` imports CuPy when a :class:`~.cupy.CupyBackend` is made; where it is
+  missing it says first whether the machine shows an NVIDIA GPU at all
+  (:func:`nvidia_driver_signs`), since installing CuPy cannot help a machine without one.
 * :func:`smoke_test` runs on device ``index`` when a :class:`~.cupy.CupyBackend` is made: an
   elementwise op, a reduction, a small matrix product. Each way a machine fails on its first
   run (no NVIDIA driver or no GPU, a driver older than CuPy's CUDA runtime, ``cuda:N`` beyond
@@ -14,15 +17,55 @@ The ``cupy`` module is passed in (or imported when asked), so a test can hand in
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib
+import os
+import shutil
 
 from .errors import DeviceError, NoDeviceError
 
-__all__ = ["INSTALL_HINT", "smoke_test", "check_libraries", "version_fields"]
+__all__ = ["INSTALL_HINT", "import_cupy", "nvidia_driver_signs", "smoke_test",
+           "check_libraries", "version_fields"]
 
 INSTALL_HINT = ('install the GPU extra that matches your driver: pip install "portacnn[gpu]" '
                 '(CUDA 12 drivers, 525 or newer) or "portacnn[gpu-cuda13]" (CUDA 13 drivers, '
                 '580 or newer)')
+
+
+# Files an installed NVIDIA driver makes: its /proc entry and device nodes on Linux, WSL2's
+# GPU device.
+DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+
+
+def nvidia_driver_signs(paths=DRIVER_PATHS) -> list[str]:
+    """What on this machine shows an NVIDIA driver, and so possibly a GPU CuPy could use:
+    those of ``paths`` that exist, ``nvidia-smi`` on the ``PATH``, and the driver's library
+    (``libcuda``; ``nvcuda.dll`` on Windows) where the loader finds it. Empty: no driver, so no
+    GPU to compute on."""
+    signs = [path for path in paths if os.path.exists(path)]
+    tool = shutil.which("nvidia-smi")
+    if tool:
+        signs.append(tool)
+    library = ctypes.util.find_library("nvcuda" if os.name == "nt" else "cuda")
+    if library:
+        signs.append(library)
+    return signs
+
+
+def import_cupy():
+    """The ``cupy`` module. Where it is missing, raise :class:`~.errors.NoDeviceError` when the
+    machine shows no NVIDIA driver (:func:`nvidia_driver_signs`), as installing CuPy would not
+    help, else :class:`~.errors.DeviceError` naming the extra to install."""
+    try:
+        return importlib.import_module("cupy")
+    except ImportError as exc:
+        if not nvidia_driver_signs():
+            raise NoDeviceError(
+                "this machine shows no NVIDIA GPU (no NVIDIA driver: no /proc/driver/nvidia, "
+                "no nvidia-smi, no libcuda), and CuPy computes only on one, so installing CuPy "
+                "cannot help here: use device='cpu' (--device cpu). On a machine with an NVIDIA "
+                f"GPU and its driver, {INSTALL_HINT}") from exc
+        raise DeviceError(f"cupy is not installed: {INSTALL_HINT}") from exc
 
 
 def smoke_test(cupy, index: int = 0) -> None:

@@ -27,8 +27,10 @@ import functools
 import math
 from typing import NamedTuple
 
+from ..scalars import is_int
+
 __all__ = ["Geometry", "geometry", "kernel_pair", "stride_pair", "check_padding",
-           "check_padding_mode", "check_nchw", "PADDING_MODES"]
+           "padding_pair", "check_padding_mode", "check_nchw", "PADDING_MODES"]
 
 
 class Geometry(NamedTuple):
@@ -69,17 +71,16 @@ class Geometry(NamedTuple):
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return value, value
+    # Whole numbers of any integer type (np.int64 too), returned as plain ints.
+    if is_int(value):
+        return int(value), int(value)
     try:
         a, b = value
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
+    if not (is_int(a) and is_int(b)):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return a, b
+    return int(a), int(b)
 
 
 def kernel_pair(kernel_size) -> tuple[int, int]:
@@ -104,9 +105,15 @@ def check_padding(padding) -> None:
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         return
+    padding_pair(padding)
+
+
+def padding_pair(padding) -> tuple[int, int]:
+    """A numeric ``padding`` as ``(ph, pw)``, checked to be non-negative."""
     ph, pw = _pair(padding, "padding")
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return ph, pw
 
 
 def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:

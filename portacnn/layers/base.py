@@ -4,12 +4,14 @@
 on the backend of its first input (or at once, :func:`_maybe_build_now`), checks inputs at the
 boundary and reaches its kernels as ``self.kernels`` (the backend's kernel set).
 :class:`Parameter` and :class:`Buffer` name one trainable or saved array of a layer; a model
-makes them once, when it is built. :func:`_init_weight` draws the initial weights of
-:class:`~portacnn.layers.Conv2D` and :class:`~portacnn.layers.Dense`.
+makes them once, when it is built. :func:`unchanged_on_error` makes building all or nothing;
+:func:`_init_weight` draws the initial weights of :class:`~portacnn.layers.Conv2D` and
+:class:`~portacnn.layers.Dense`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from ..backends import Backend, PortableRNG, backend_of, get_backend
@@ -118,10 +120,11 @@ class Layer:
         backend = get_backend(backend)
         input_shape = tuple(None if d is None else int(d) for d in input_shape)
         out = self.output_shape(input_shape)        # validates before allocating anything
-        self.backend = backend
-        self.input_shape = input_shape
-        with backend.activate():
-            self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
+        with unchanged_on_error([self]):
+            self.backend = backend
+            self.input_shape = input_shape
+            with backend.activate():
+                self._build(input_shape, rng or backend.rng(getattr(self, "seed", None)))
         return out
 
     def _build(self, input_shape, rng: PortableRNG) -> None:
@@ -240,6 +243,27 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
         return f"{type(self).__name__}({args})"
+
+
+@contextlib.contextmanager
+def unchanged_on_error(layers):
+    """Run the block; if it raises, put every layer of ``layers`` back as it was before it
+    (each attribute, and the contents of ``params`` / ``grads`` / ``buffers`` and any other
+    dict), so that a failed build leaves no layer half built for the next call to trip on."""
+    saved = [(layer, {key: (value, dict(value) if isinstance(value, dict) else None)
+                      for key, value in vars(layer).items()}) for layer in layers]
+    try:
+        yield
+    except BaseException:
+        for layer, attributes in saved:
+            state = vars(layer)
+            state.clear()
+            for key, (value, contents) in attributes.items():
+                if contents is not None:        # the same dict object, its old entries
+                    value.clear()
+                    value.update(contents)
+                state[key] = value
+        raise
 
 
 def _maybe_build_now(layer: Layer, input_shape, device, seed) -> None:

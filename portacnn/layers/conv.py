@@ -4,6 +4,7 @@ math is ``self.kernels.conv2d_forward`` / ``conv2d_backward``."""
 from __future__ import annotations
 
 from ..kernels.shapes import check_nchw, geometry, kernel_pair, stride_pair
+from ..scalars import positive_int, seed_or_none
 from .base import Layer, _init_weight, _maybe_build_now
 from .windows import _hw, _padding_spec, _padding_text
 
@@ -37,20 +38,20 @@ class Conv2D(Layer):
                  bias: bool = True, init: str = "glorot", padding_mode: str = "zeros",
                  dtype: str | None = None, device=None, seed=None, name=None):
         super().__init__(dtype=dtype, name=name)
-        if not isinstance(out_channels, int) or out_channels <= 0:
-            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        out_channels = positive_int(out_channels, "out_channels")
         if init not in ("glorot", "he"):
             raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
         self.out_channels = out_channels
         self.kernel_size = kernel_pair(kernel_size)
         self.stride = stride_pair(stride)
         self.padding, self.padding_mode = _padding_spec(padding, padding_mode)
-        self.in_channels = in_channels
+        self.in_channels = None if in_channels is None else positive_int(in_channels,
+                                                                          "in_channels")
         self.use_bias = bias
         self.init = init
-        self.seed = seed
-        _maybe_build_now(self, None if in_channels is None else (in_channels, None, None),
-                         device, seed)
+        self.seed = seed_or_none(seed)
+        _maybe_build_now(self, None if in_channels is None else (self.in_channels, None, None),
+                         device, self.seed)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3:

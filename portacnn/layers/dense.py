@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..scalars import positive_int, seed_or_none
 from .base import Layer, _init_weight, _maybe_build_now
 
 
@@ -23,16 +24,17 @@ class Dense(Layer):
                  init: str = "glorot", dtype: str | None = None, device=None, seed=None,
                  name=None):
         super().__init__(dtype=dtype, name=name)
-        if not isinstance(out_features, int) or out_features <= 0:
-            raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+        out_features = positive_int(out_features, "out_features")
         if init not in ("glorot", "he"):
             raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
         self.out_features = out_features
-        self.in_features = in_features
+        self.in_features = None if in_features is None else positive_int(in_features,
+                                                                          "in_features")
         self.use_bias = bias
         self.init = init
-        self.seed = seed
-        _maybe_build_now(self, None if in_features is None else (in_features,), device, seed)
+        self.seed = seed_or_none(seed)
+        _maybe_build_now(self, None if in_features is None else (self.in_features,), device,
+                         self.seed)
 
     def output_shape(self, input_shape):
         if len(input_shape) != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..scalars import is_real, seed_or_none
 from .base import Layer
 
 
@@ -18,10 +19,10 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, seed=None, dtype=None, name=None):
         super().__init__(dtype=dtype, name=name)
-        if not 0.0 <= p < 1.0:
+        if not (is_real(p) and 0.0 <= p < 1.0):
             raise ValueError(f"dropout probability p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = seed
+        self.seed = seed_or_none(seed)
         self._rng = None
 
     def _build(self, input_shape, rng):

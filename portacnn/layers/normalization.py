@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..scalars import is_real, positive_int, positive_real
 from .base import Layer, _maybe_build_now
 
 
@@ -13,14 +14,12 @@ class _BatchNorm(Layer):
     def __init__(self, num_features=None, *, eps: float = 1e-5, momentum: float = 0.1,
                  dtype=None, device=None, name=None):
         super().__init__(dtype=dtype, name=name)
-        if num_features is not None and (not isinstance(num_features, int) or num_features <= 0):
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if not 0.0 <= momentum <= 1.0:
+        if num_features is not None:
+            num_features = positive_int(num_features, "num_features")
+        if not (is_real(momentum) and 0.0 <= momentum <= 1.0):
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
         self.num_features = num_features
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.eps, self.momentum = positive_real(eps, "eps"), float(momentum)
         shape = None if num_features is None else (num_features,) + (None,) * (self._ndim - 2)
         _maybe_build_now(self, shape, device, None)
 

@@ -4,7 +4,7 @@ stride and padding."""
 
 from __future__ import annotations
 
-from ..kernels.shapes import check_padding, check_padding_mode
+from ..kernels.shapes import check_padding, check_padding_mode, padding_pair
 
 
 def _padding_spec(padding, padding_mode):
@@ -13,7 +13,7 @@ def _padding_spec(padding, padding_mode):
     check_padding_mode(padding_mode)
     if isinstance(padding, str):
         return padding, padding_mode
-    return tuple(padding if isinstance(padding, (tuple, list)) else (padding, padding)), padding_mode
+    return padding_pair(padding), padding_mode
 
 
 def _padding_text(layer) -> str:

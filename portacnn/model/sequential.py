@@ -20,10 +20,17 @@ import sys
 from .. import checkpoint, training
 from ..backends import Backend, get_backend, on_device
 from ..layers import Buffer, Layer, Parameter
+from ..layers.base import unchanged_on_error
 from ..optim import Optimizer, get_optimizer
+from ..scalars import positive_int, seed_or_none
 from .summary import summary_text
 
 __all__ = ["Sequential"]
+
+
+def _per_sample(input_shape) -> tuple:
+    """A per-sample input shape ``(C, H, W)`` as a tuple of ints, each checked >= 1."""
+    return tuple(positive_int(d, "every size in input_shape") for d in input_shape)
 
 
 class Sequential:
@@ -56,10 +63,10 @@ class Sequential:
         self.layers: list[Layer] = []
         self.backend: Backend = get_backend(device)
         self.dtype_name = dtype
-        self.seed = seed
+        self.seed = seed_or_none(seed)
         self.loss_name = loss
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
-        self.optimizer: Optimizer | None = None
+        self.input_shape = None if input_shape is None else _per_sample(input_shape)
+        self._optimizer: Optimizer | None = None
         self.training = True
         self.output_shape = None              # per-sample output shape, set by build
         self._parameters: tuple[Parameter, ...] = ()    # made once, by build
@@ -100,17 +107,18 @@ class Sequential:
         its weights: they are checked against the inferred input shape and moved to the
         model's device and dtype.
 
-        Raises ``ValueError`` naming the first layer whose input shape does not fit.
+        Raises ``ValueError`` naming the first layer whose input shape does not fit. A build
+        that raises leaves the model and its layers as they were (unbuilt, without the input
+        shape it was given), so the next call with good data builds it afresh.
         """
-        if input_shape is not None:
-            self.input_shape = tuple(int(d) for d in input_shape)
-        if self.input_shape is None:
+        input_shape = self.input_shape if input_shape is None else _per_sample(input_shape)
+        if input_shape is None:
             raise ValueError("the input shape is unknown: pass input_shape=(C, H, W) to Sequential")
         if not self.layers:
             raise ValueError("the model has no layers")
         rng = self.backend.rng(self.seed)
-        shape = self.input_shape
-        with self.backend.activate():
+        shape = input_shape
+        with self.backend.activate(), unchanged_on_error(self.layers):
             for i, layer in enumerate(self.layers):
                 try:
                     if layer.built:
@@ -123,6 +131,7 @@ class Sequential:
                     raise ValueError(f"layer {i} ({layer.name}): {exc}") from None
                 layer.need_input_grad = i > 0     # nothing upstream of the first layer
                 layer.train(self.training)
+        self.input_shape = input_shape
         self._parameters = tuple(p for i, layer in enumerate(self.layers)
                                  for p in layer.parameters(f"{i}."))
         self._buffers = tuple(b for i, layer in enumerate(self.layers)
@@ -161,6 +170,20 @@ class Sequential:
             raise ValueError(f"cannot build the model from an input of shape {tuple(x.shape)}: "
                              "give a batch (N, C, H, W), or input_shape=(C, H, W) to Sequential")
         self.build(self.input_shape or tuple(x.shape[1:]))
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """The model's optimizer: set by ``fit`` or restored by :func:`portacnn.load`, and
+        used by the next ``fit`` that is given none. Setting it binds the optimizer to the
+        model's parameters (:meth:`~portacnn.optim.Optimizer.bind`), so one that already
+        trains another model is refused."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Optimizer | None) -> None:
+        if optimizer is not None:
+            optimizer.bind(self.parameters())
+        self._optimizer = optimizer
 
     # --- parameters -------------------------------------------------------------------------
     def parameters(self) -> tuple[Parameter, ...]:
@@ -265,7 +288,8 @@ class Sequential:
                 naming the first bad sample.
             optimizer: an :class:`~portacnn.optim.Optimizer` or a name (``"sgd"``, ``"adam"``...);
                 by default the model's own (``model.optimizer``: restored by :func:`load` or
-                set by an earlier ``fit``), else ``SGD(lr=0.01)``.
+                set by an earlier ``fit``), else ``SGD(lr=0.01)``. An optimizer trains one
+                model: one that trains another is refused (``RuntimeError``).
             validation_data: ``(x_val, y_val)`` evaluated after each epoch; or
             validation_split: the fraction of ``x`` (taken from its end, before shuffling) held
                 out for validation.

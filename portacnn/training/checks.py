@@ -17,14 +17,32 @@ bad sample, which the error names, runs only on error.
 from __future__ import annotations
 
 from ..backends import describe_array, is_host_array, namespace
+from ..scalars import positive_int
 
-__all__ = ["positive_int", "check_arrays", "check_against_model"]
+__all__ = ["positive_int", "validation_pair", "check_arrays", "check_against_model"]
 
 
-def positive_int(value, name):
-    """Raise ``ValueError`` unless ``value`` is an int >= 1 (``bool`` is not)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def validation_pair(validation_data) -> tuple:
+    """``validation_data`` as ``(x_val, y_val)``; raise unless it is a tuple or list of two
+    with ``y_val`` given (checked before training, so a bad form cannot end a finished epoch).
+    The arrays themselves are checked like ``x`` and ``y`` once the model is built."""
+    fix = ("pass validation_data=(x_test, y_test), or validation_split=0.1 to hold out the "
+           "last tenth of x")
+    if not isinstance(validation_data, (tuple, list)):
+        kind = type(validation_data)
+        name = (kind.__name__ if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__name__}")
+        raise TypeError(f"validation_data must be a pair (x_val, y_val), got a {name}: {fix}")
+    if len(validation_data) != 2:
+        count = len(validation_data)
+        raise ValueError(f"validation_data must be a pair (x_val, y_val), got a "
+                         f"{type(validation_data).__name__} of {count} item{'s' * (count != 1)}"
+                         f": {fix}")
+    x_val, y_val = validation_data
+    if y_val is None:
+        raise TypeError(f"validation_data must be a pair (x_val, y_val) but y_val is None: "
+                        f"validation needs labels; {fix}")
+    return x_val, y_val
 
 
 def _y_name(what: str) -> str:

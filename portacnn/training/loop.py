@@ -44,6 +44,7 @@ import time
 
 from ..backends import on_device
 from ..optim import SGD, get_optimizer
+from ..scalars import is_real, seed_or_none
 from . import checks, staging
 from .progress import Divergence, History, Progress
 from .replicas import ONE_PROCESS, OneProcess
@@ -143,8 +144,11 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         replicas: OneProcess = ONE_PROCESS) -> History:
     """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
     ``replicas``: where each batch is computed (see the module's docstring)."""
-    checks.positive_int(epochs, "epochs")
-    checks.positive_int(batch_size, "batch_size")
+    epochs = checks.positive_int(epochs, "epochs")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    seed = seed_or_none(seed)
+    if validation_data is not None:
+        validation_data = checks.validation_pair(validation_data)
     checks.check_arrays(model, x, y)
     model.build_for(x)
     checks.check_against_model(model, x, y)
@@ -187,7 +191,7 @@ def _hold_out(model, x, y, validation_data, validation_split: float):
     if validation_data is not None and validation_split:
         raise ValueError("give validation_data or validation_split, not both")
     if validation_split:
-        if not 0.0 < validation_split < 1.0:
+        if not (is_real(validation_split) and 0.0 < validation_split < 1.0):
             raise ValueError(f"validation_split must be in (0, 1), got {validation_split!r}")
         cut = x.shape[0] - int(round(x.shape[0] * validation_split))
         if cut <= 0 or cut >= x.shape[0]:
@@ -242,7 +246,7 @@ def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OnePr
 def _inference(model, x, batch_size: int) -> list:
     """The model's outputs for ``x`` in eval mode, chunk by chunk (at most
     ``backend.kernels.infer_chunk`` images at once), in order."""
-    checks.positive_int(batch_size, "batch_size")
+    batch_size = checks.positive_int(batch_size, "batch_size")
     chunk = model.backend.kernels.infer_chunk
     step = batch_size if chunk is None else min(batch_size, chunk)
     was_training = model.training
