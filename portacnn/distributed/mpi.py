@@ -116,8 +116,9 @@ def wait_timeout(timeout: float | None = None) -> float | None:
         try:
             timeout = float(text) if text else DEFAULT_TIMEOUT_S
         except ValueError:
-            raise DistributedError(f"{TIMEOUT_VARIABLE}={text!r} is not a number: give the "
-                                   "seconds to wait for the other processes (0: no bound)") from None
+            raise DistributedError(
+                f"{TIMEOUT_VARIABLE}={text!r} is not a number: give the seconds to wait for the "
+                "other processes (0: no bound)") from None
     if not timeout >= 0:                          # also NaN
         raise DistributedError(f"the MPI wait bound must be >= 0 seconds, got {timeout!r}")
     return None if timeout == 0 else float(timeout)
