@@ -160,6 +160,7 @@ def train(args) -> int:
     if parallel:
         distributed.abort_on_error()
         distributed.silence_unless_root()
+        distributed.interrupt_on_sigterm()          # how mpiexec passes a Ctrl-C on
     backend = distributed.rank_device(args.device) if parallel else get_backend(args.device)
     threads = _threads(args.threads)
     keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError, IdxError
     from .backends import DeviceError
-    from .distributed import DistributedError, abort, launched_by_mpi
+    from .distributed import DistributedError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["--version"], ["-V"]):
@@ -260,14 +261,22 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning          # "warning: ...", one line
-            status = train(args)
+            return train(args)
     except (DeviceError, DataError, IdxError, CheckpointError, FileNotFoundError,
             PlotError, FloatingPointError, DistributedError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        status = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = 130
-    if status and launched_by_mpi():
-        abort(status)             # the other processes would wait for this one forever
-    return status
+        return _fail(f"{parser.prog}: error: {exc}", 2, exc)
+    except KeyboardInterrupt as exc:
+        return _fail("interrupted", 130, exc)
+
+
+def _fail(message: str, status: int, error: BaseException) -> int:
+    """Report ``error`` as ``message`` on standard error and return the exit status. Under
+    mpiexec the job ends together: rank 0 prints the message once, whether every process
+    failed alike or one failed and the others stopped for it (``distributed.end_together``;
+    the other processes exit with 0, rank 0 last with ``status``)."""
+    from .distributed import end_together, launched_by_mpi
+
+    if not launched_by_mpi():
+        print(message, file=sys.stderr)
+        return status
+    return end_together(message, status, error)

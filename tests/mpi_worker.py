@@ -1,17 +1,26 @@
 """The programs tests/test_distributed.py runs under ``mpiexec -n 2`` (not a test module).
 
     python tests/mpi_worker.py equivalence OUTDIR   # data parallel against one process
+    python tests/mpi_worker.py checks OUTDIR        # what the processes must agree on
     python tests/mpi_worker.py fail                 # rank 1 raises in its third step
+    python tests/mpi_worker.py same_error           # every rank raises the same error
 
 ``equivalence`` trains each case twice on every process: data-parallel (DataParallel.fit) and
 alone (the plain one-process fit on the same global batches), then rank 0 writes OUTDIR/
-results.json with the largest differences. Each process saves the data-parallel model from its
-own directory OUTDIR/rank<r>, so the test can see which process wrote.
+results.json with the largest differences. The data-parallel replicas are seeded differently on
+each rank, so they match the one-process model only if rank 0's parameters and dropout state
+are broadcast. Each process saves the data-parallel model from its own directory OUTDIR/rank<r>,
+so the test can see which process wrote.
+
+``checks`` makes DataParallel calls whose model, settings or data differ between the ranks, a
+wait that outlasts its bound, and a fit whose optimizers hold different state; rank 0 writes
+OUTDIR/checks.json with what each rank raised.
 """
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +28,16 @@ import numpy as np
 from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, ReLU, Sequential, Tanh,
                       distributed)
 from portacnn.backends import to_numpy
-from portacnn.optim import SGD
+from portacnn.optim import SGD, Adam
 
 N, BATCH, EPOCHS = 201, 100, 3     # batches of 100, 100 and 1 rows: the last leaves rank 0 empty
 
 
-def network(dtype, dropout):
-    layers = [Conv2D(4, 3, padding=1), Tanh(), AvgPool2D(2), Flatten(), Dense(16), ReLU()]
+def network(dtype, dropout, seed=7, activation=Tanh, rate=0.5):
+    layers = [Conv2D(4, 3, padding=1), activation(), AvgPool2D(2), Flatten(), Dense(16), ReLU()]
     if dropout:
-        layers.append(Dropout(0.5))
-    return Sequential(layers + [Dense(10)], input_shape=(1, 8, 8), dtype=dtype, seed=7)
+        layers.append(Dropout(rate))
+    return Sequential(layers + [Dense(10)], input_shape=(1, 8, 8), dtype=dtype, seed=seed)
 
 
 def data(dtype):
@@ -56,7 +65,7 @@ def equivalence(outdir: Path) -> None:
         alone = network(dtype, dropout)
         history_alone = alone.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
                                   optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0)
-        dp = distributed.DataParallel(network(dtype, dropout))
+        dp = distributed.DataParallel(network(dtype, dropout, seed=7 + 1000 * comm.rank))
         history = dp.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
                          optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2)
         loss, acc = dp.evaluate(x, y)
@@ -99,8 +108,114 @@ def fail() -> None:
     print("training ended without the failure", flush=True)
 
 
+def _checksums(model) -> list[float]:
+    return [float(np.sum(to_numpy(p.value).astype(np.float64) ** 2)) for p in model.parameters()]
+
+
+def _refusal(comm, call) -> dict:
+    """What ``call()`` raised on each rank: ``{"raised": [...], "messages": [...]}``."""
+    try:
+        call()
+        mine = (None, None)
+    except distributed.DistributedError as exc:
+        mine = (type(exc).__name__, str(exc))
+    everyone = comm.allgather(mine)
+    return {"raised": [kind for kind, _ in everyone], "messages": [m for _, m in everyone]}
+
+
+def checks(outdir: Path) -> None:
+    comm = distributed.world()
+    rank = comm.rank
+    x, y = data("float64")
+    results = {}
+
+    # ranks seeded differently: after DataParallel(...) every rank holds rank 0's parameters
+    before = _checksums(network("float64", True, seed=7 + 1000 * rank))
+    dp = distributed.DataParallel(network("float64", True, seed=7 + 1000 * rank))
+    after = comm.allgather(_checksums(dp.model))
+    mask = to_numpy(dp.model.layers[-2].rng.bernoulli((64,), 0.5, "float64"))
+    results["broadcast"] = {
+        "differed_before": comm.allgather(before)[0] != comm.allgather(before)[1],
+        "identical_after": all(a == after[0] for a in after),
+        "rank0_kept": after[0] == comm.bcast(before, root=0),
+        "masks_identical": all(np.array_equal(m, mask) for m in comm.allgather(mask))}
+
+    dp = distributed.DataParallel(network("float64", False))
+    other = x.copy()
+    other[7] += 1.0                     # one row differs: the sampled rows include every row
+
+    def fit(per_rank):
+        def call():
+            settings = dict(epochs=1, batch_size=50, optimizer=SGD(0.05), verbose=0)
+            settings.update(per_rank.get(rank, {}))
+            dp.fit(settings.pop("x", x), settings.pop("y", y), **settings)
+        return call
+
+    cases = {
+        "epochs": fit({1: {"epochs": 2}}),
+        "batch_size": fit({1: {"batch_size": 64}}),
+        "shuffle": fit({1: {"shuffle": False}}),
+        "shuffle default": fit({1: {"shuffle": True, "verbose": 2}}),    # the same: accepted
+        "seed": fit({1: {"seed": 1}}),
+        "seed None": fit({0: {"seed": None}}),
+        "validation_split": fit({0: {"validation_split": 0.1}, 1: {"validation_split": 0.2}}),
+        "validation_data rows": fit({0: {"validation_data": (x, y)},
+                                       1: {"validation_data": (other, y)}}),
+        "validation_data length": fit({0: {"validation_data": (x[:100], y[:100])},
+                                         1: {"validation_data": (x[:90], y[:90])}}),
+        "optimizer lr": fit({1: {"optimizer": SGD(0.1)}}),
+        "optimizer": fit({1: {"optimizer": Adam(0.05)}}),
+        "x rows": fit({1: {"x": other}}),
+        "x length": fit({1: {"x": x[:200], "y": y[:200]}}),
+        "y": fit({1: {"y": (y + 1) % 10}}),
+        "evaluate": lambda: dp.evaluate(x if rank == 0 else other, y),
+        "predict": lambda: dp.predict(x if rank == 0 else x[:200]),
+        "call": lambda: dp.evaluate(x, y) if rank == 0 else dp.predict(x),
+        "activation": lambda: distributed.DataParallel(
+            network("float64", False, activation=Tanh if rank == 0 else ReLU)),
+        "dropout rate": lambda: distributed.DataParallel(
+            network("float64", True, rate=0.5 if rank == 0 else 0.25)),
+        "dtype": lambda: distributed.DataParallel(
+            network("float64" if rank == 0 else "float32", False)),
+        "reduction": lambda: distributed.DataParallel(
+            network("float64", False), reduction="ordered" if rank == 0 else "mpi"),
+    }
+    results["refused"] = {name: _refusal(comm, call) for name, call in cases.items()}
+    history = dp.fit(x, y, epochs=1, batch_size=50, optimizer=SGD(0.05), verbose=0)
+    results["fit_after_refusals"] = len(history["loss"])
+
+    # a wait that outlasts its bound: rank 1 comes 2.5 s late to a sum rank 0 waits 1 s for
+    quick = distributed.DataParallel(network("float64", False), timeout=1)
+    if rank == 1:
+        time.sleep(2.5)
+    results["timeout"] = _refusal(comm, lambda: quick.sum([1.0]))
+
+    # optimizers whose state differs between the ranks: fit starts from rank 0's state
+    model = network("float64", False)
+    optimizer = SGD(0.05, momentum=0.9)
+    start = rank * 100
+    model.fit(x[start:start + 100], y[start:start + 100], epochs=1, batch_size=50,
+              optimizer=optimizer, verbose=0)
+    dp = distributed.DataParallel(model)
+    dp.fit(x, y, epochs=1, batch_size=50, optimizer=optimizer, verbose=0)
+    ends = comm.allgather(_checksums(dp.model))
+    results["optimizer_state"] = {"identical": all(e == ends[0] for e in ends)}
+    if rank == 0:
+        (outdir / "checks.json").write_text(json.dumps(results, indent=1))
+
+
+def same_error() -> None:
+    from portacnn.models import MODELS
+
+    distributed.DataParallel(MODELS["lenet5-bn"]())     # refused on every rank
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "equivalence":
         equivalence(Path(sys.argv[2]))
+    elif sys.argv[1] == "checks":
+        checks(Path(sys.argv[2]))
+    elif sys.argv[1] == "same_error":
+        same_error()
     else:
         fail()

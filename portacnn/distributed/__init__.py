@@ -40,20 +40,34 @@ CUDA-aware MPI, ``cuda_aware=True`` (or ``PORTACNN_CUDA_AWARE_MPI=1``) hands CuP
 to MPI directly. Each process takes GPU ``local_rank % device count``
 (:func:`rank_device`): the node-local rank, from MPI's shared-memory split.
 
-Only rank 0 prints progress and writes files (:meth:`DataParallel.save`; the CLI's plots). An
-uncaught exception on any process ends the whole job (:func:`abort_on_error`): the others would
-otherwise wait for it forever in their next collective call.
+Before any collective work, every call (``DataParallel(model)``, ``fit``, ``evaluate``,
+``predict``) checks that all processes bring the same model, settings and data
+(:mod:`.agreement`): a difference raises :class:`DistributedError` on every process, naming the
+setting, instead of a hang (processes waiting in different calls) or replicas that drift apart.
+Every wait for the other processes is bounded (``$PORTACNN_MPI_TIMEOUT``, default 300 s;
+:class:`DistributedTimeoutError`) and stops as soon as another process reports a failure
+(:class:`PeerFailedError`).
 
-The package has two modules: :mod:`.mpi`, the MPI world (is this a launched job, the
-communicator, each process's rank and device, ending every process together), and
-:mod:`.data_parallel`, the replicas (:class:`DataParallel`). Importing the package does not
+Only rank 0 prints progress and writes files (:meth:`DataParallel.save`; the CLI's plots). An
+uncaught exception on any process ends the whole job (:func:`abort_on_error`): when every
+process fails, rank 0 prints the error once and all exit normally; otherwise the job ends with
+``MPI_Abort`` (:mod:`.ending`).
+
+The package has four modules: :mod:`.mpi`, the MPI world (is this a launched job, the
+communicator, each process's rank and device, bounded waits); :mod:`.agreement`, what the
+processes must agree on; :mod:`.data_parallel`, the replicas (:class:`DataParallel`); and
+:mod:`.ending`, how a job ends on a failure or an interrupt. Importing the package does not
 import mpi4py; :func:`world` does, on first use.
 """
 
 from .data_parallel import CUDA_AWARE_VARIABLE, DataParallel, shard_bounds
-from .mpi import (MPI_ENVIRONMENT, DistributedError, abort, abort_on_error, launched_by_mpi,
-                  local_rank, rank_device, root_first, silence_unless_root, world)
+from .ending import Terminated, abort, abort_on_error, end_together, interrupt_on_sigterm
+from .mpi import (MPI_ENVIRONMENT, TIMEOUT_VARIABLE, DistributedError, DistributedTimeoutError,
+                  PeerFailedError, launched_by_mpi, local_rank, rank_device, root_first,
+                  silence_unless_root, wait_timeout, world)
 
-__all__ = ["DataParallel", "DistributedError", "MPI_ENVIRONMENT", "abort", "abort_on_error",
-           "launched_by_mpi", "local_rank", "rank_device", "root_first", "shard_bounds",
-           "silence_unless_root", "world"]
+__all__ = ["DataParallel", "DistributedError", "DistributedTimeoutError", "MPI_ENVIRONMENT",
+           "PeerFailedError", "TIMEOUT_VARIABLE", "Terminated", "abort", "abort_on_error",
+           "end_together", "interrupt_on_sigterm", "launched_by_mpi", "local_rank",
+           "rank_device", "root_first", "shard_bounds", "silence_unless_root", "wait_timeout",
+           "world"]

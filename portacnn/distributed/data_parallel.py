@@ -1,12 +1,15 @@
 """The replicas of a data-parallel job: :class:`DataParallel` trains, evaluates and predicts
 with rank shards of every batch (:func:`shard_bounds`) and sums the gradients in rank order;
-dropout layers draw whole-batch masks (:class:`_WholeBatchRNG`). The package docstring
+dropout layers draw whole-batch masks (:class:`_WholeBatchRNG`). Each call first checks that
+every process brings the same model, settings and data (:mod:`.agreement`), and every wait for
+the other processes is bounded (:func:`.mpi.wait`). The package docstring
 (:mod:`portacnn.distributed`) describes the algorithm step by step; the MPI world it runs in is
-:mod:`.mpi`.
+:mod:`.mpi`, how a job ends when a process fails :mod:`.ending`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -15,7 +18,8 @@ import numpy as np  # host buffers for MPI
 from .. import training
 from ..backends import to_numpy
 from ..layers import Dropout
-from . import mpi
+from ..optim import SGD, get_optimizer
+from . import agreement, ending, mpi
 from .mpi import DistributedError
 
 __all__ = ["DataParallel", "shard_bounds"]
@@ -43,17 +47,24 @@ class DataParallel:
             :mod:`portacnn.distributed`) or ``"mpi"`` (``MPI_Allreduce``: fewer bytes, the MPI
             library's order of addition).
         fail_fast: install :func:`~portacnn.distributed.abort_on_error` (default True).
+        timeout: the longest wait, in seconds, for the other processes in one collective call
+            (0: no bound); default ``$PORTACNN_MPI_TIMEOUT``, else 300
+            (:func:`~portacnn.distributed.wait_timeout`).
 
     Raises:
         DistributedError: a layer couples the samples of a batch (batch normalisation), or the
-            processes hold models of different shapes.
+            processes hold different models (architecture, layer settings, shapes, dtype) or
+            ask for different reductions.
 
     ``fit`` / ``evaluate`` / ``predict`` take :class:`~portacnn.Sequential`'s arguments; each
-    process must pass the same data (each reads only its own rows of it).
+    process must make the same calls with the same settings and data (each reads only its own
+    rows of it): each call checks this first (:mod:`.agreement`) and raises
+    :class:`DistributedError`, on every process, naming the first setting that differs.
     """
 
     def __init__(self, model, comm=None, *, cuda_aware: bool | None = None,
-                 reduction: str = "ordered", fail_fast: bool = True):
+                 reduction: str = "ordered", fail_fast: bool = True,
+                 timeout: float | None = None):
         if reduction not in ("ordered", "mpi"):
             raise ValueError(f"reduction must be 'ordered' or 'mpi', got {reduction!r}")
         model.require_built()
@@ -62,11 +73,12 @@ class DataParallel:
         self.rank, self.size = self.comm.rank, self.comm.size
         self.is_root = self.rank == 0
         self.reduction = reduction
+        self.timeout = mpi.wait_timeout(timeout)
         self.cuda_aware = (os.environ.get(CUDA_AWARE_VARIABLE) == "1" if cuda_aware is None
                            else bool(cuda_aware))
         self._batch = None          # (start, stop): the batch whose shard is being computed
         if fail_fast:
-            mpi.abort_on_error(self.comm)
+            ending.abort_on_error(self.comm)
         coupled = [f"{i} ({layer.name})" for i, layer in enumerate(model.layers)
                    if not layer.samples_independent and not isinstance(layer, Dropout)]
         if coupled:
@@ -74,8 +86,8 @@ class DataParallel:
                 f"layer {', '.join(coupled)} computes statistics over the whole batch, so rank "
                 "shards would not train like one process: train this model in one process, or "
                 "use a model without batch normalisation")
-        self._agree("model", [(slot.name, slot.shape)
-                              for slot in (*model.parameters(), *model.buffers())])
+        self._agree("DataParallel(model)", {"model": agreement.model_settings(model),
+                                            "reduction": reduction})
         self._broadcast_state()
         self._share_dropout_masks()
 
@@ -84,22 +96,27 @@ class DataParallel:
                 f"{'device' if self.cuda_aware else 'host'} buffers, {self.model!r})")
 
     # --- set-up ---------------------------------------------------------------------------
-    def _agree(self, what: str, mine) -> None:
-        """Raise on every process unless all hold the same ``mine`` (a small picklable value)."""
-        everyone = self.comm.allgather(mine)
-        differ = [r for r, theirs in enumerate(everyone) if theirs != everyone[0]]
-        if differ:
-            raise DistributedError(
-                f"the processes hold different {what}s (rank {differ[0]} differs from rank 0): "
-                f"every process must build the same model and load the same data")
+    def _agree(self, call: str, settings: dict) -> None:
+        """Raise on every process unless all pass the same ``settings`` (``{name: value}``,
+        compared as :func:`.agreement.setting` makes them) to ``call``."""
+        mine = {"call": call, **{name: agreement.setting(value)
+                                 for name, value in settings.items()}}
+        everyone = mpi.allgather_object(self.comm, mine, f"the settings check of {call}",
+                                        self.timeout)
+        problem = agreement.difference(everyone)
+        if problem:
+            raise DistributedError(problem)
 
     def _broadcast_state(self) -> None:
         """Replace every parameter and buffer with rank 0's."""
-        backend = self.model.backend
         for slot in (*self.model.parameters(), *self.model.buffers()):
-            host = np.array(to_numpy(slot.value), copy=True, order="C")
-            self.comm.Bcast(host, root=0)
-            slot.value = backend.asarray(host)
+            slot.value = self._broadcast_array(slot.value, "broadcasting the parameters")
+
+    def _broadcast_array(self, value, what: str):
+        """Rank 0's ``value`` (a device array of the same shape and dtype everywhere)."""
+        host = np.array(to_numpy(value), copy=True, order="C")
+        mpi.wait(self.comm.Ibcast(host, root=0), self.comm, what, self.timeout)
+        return self.model.backend.asarray(host)
 
     def _share_dropout_masks(self) -> None:
         """Give each dropout layer a generator that draws whole-batch masks, in rank 0's
@@ -113,13 +130,9 @@ class DataParallel:
         for rng in shared.values():             # the same order on every process
             host = getattr(rng, "host", None)
             if host is not None:
-                host.bit_generator.state = self.comm.bcast(host.bit_generator.state, root=0)
-
-    def _fingerprint(self, arr):
-        """Shape, dtype and the sum of up to 64 evenly spaced rows of a data array."""
-        step = max(1, arr.shape[0] // 64)
-        sample = to_numpy(arr[::step, ...]).astype(np.float64)
-        return tuple(arr.shape), str(arr.dtype), float(sample.sum())
+                host.bit_generator.state = mpi.broadcast_object(
+                    self.comm, host.bit_generator.state, "sharing the dropout generators",
+                    self.timeout)
 
     # --- what training.fit / evaluate / predict call --------------------------------------
     def shard(self, start: int, stop: int) -> tuple[int, int]:
@@ -157,10 +170,12 @@ class DataParallel:
             send = np.ascontiguousarray(to_numpy(flat))
         if self.reduction == "mpi":
             total = _empty_like(send, (send.shape[0],), backend, self.cuda_aware)
-            mpi._wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM))
+            mpi.wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM), self.comm,
+                     "the gradient sum", self.timeout)
         else:
             gathered = _empty_like(send, (self.size, send.shape[0]), backend, self.cuda_aware)
-            mpi._wait(self.comm.Iallgather(send, gathered))
+            mpi.wait(self.comm.Iallgather(send, gathered), self.comm, "the gradient sum",
+                     self.timeout)
             total = gathered[0, ...]
             for r in range(1, self.size):
                 total = total + gathered[r, ...]
@@ -169,35 +184,66 @@ class DataParallel:
     def sum(self, values: list[float]) -> list[float]:
         """Each of ``values`` (Python floats) summed over the processes in rank order."""
         self._batch = None
-        everyone = self.comm.allgather([float(v) for v in values])
-        return [sum(row[k] for row in everyone) for k in range(len(values))]
+        mine = np.array(values, dtype=np.float64)
+        everyone = np.empty((self.size, len(values)), dtype=np.float64)
+        mpi.wait(self.comm.Iallgather(mine, everyone), self.comm, "the sum of the losses",
+                 self.timeout)
+        return [sum(float(v) for v in everyone[:, k]) for k in range(len(values))]
 
     def gather(self, part):
         """Every process's rows of an output (rows, ...), concatenated in rank order, on every
         process's device."""
         self._batch = None
-        parts = self.comm.allgather(np.ascontiguousarray(to_numpy(part)))
-        return self.model.backend.asarray(np.concatenate(parts, axis=0))
+        part = np.ascontiguousarray(to_numpy(part))
+        rows = np.empty(self.size, dtype=np.int64)
+        mpi.wait(self.comm.Iallgather(np.array([part.shape[0]], dtype=np.int64), rows),
+                 self.comm, "gathering the predictions", self.timeout)
+        row_size = math.prod(part.shape[1:])
+        whole = np.empty((int(rows.sum()), *part.shape[1:]), dtype=part.dtype)
+        mpi.wait(self.comm.Iallgatherv(part, [whole, [int(r) * row_size for r in rows]]),
+                 self.comm, "gathering the predictions", self.timeout)
+        return self.model.backend.asarray(whole)
 
     # --- the model's interface, across the processes ------------------------------------
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer="sgd", *,
             seed: int | None = 0, **kwargs) -> training.History:
         """:meth:`Sequential.fit <portacnn.Sequential.fit>` with ``batch_size`` the global
         batch, split across the processes. ``seed=None`` draws one seed on rank 0 for all.
-        Only rank 0 shows progress; every process returns the same History."""
-        self._agree("training data", [self._fingerprint(x), self._fingerprint(y)])
+        Only rank 0 shows progress; every process returns the same History.
+
+        First every process checks that all pass the same data, epochs, batch size, seed,
+        optimizer (configuration, steps and the shapes of its state) and other arguments,
+        defaults filled in (``verbose`` and ``file`` may differ: only rank 0 prints); then
+        the optimizer's state becomes rank 0's, as the parameters did."""
+        if optimizer is None:     # as training.fit: the model's (from load, an earlier fit)
+            optimizer = self.model.optimizer if self.model.optimizer is not None else SGD(0.01)
+        optimizer = get_optimizer(optimizer)
+        call = inspect.signature(training.fit).bind(self.model, x, y, epochs, batch_size,
+                                                    optimizer, seed=seed, **kwargs)
+        call.apply_defaults()                       # a default and its value passed agree
+        self._agree("DataParallel.fit", {name: value for name, value in call.arguments.items()
+                                         if name not in ("model", "replicas", "verbose", "file")})
+        for name in sorted(optimizer.state):        # the same order on every process
+            slots = optimizer.state[name]
+            for slot in sorted(slots):
+                slots[slot] = self._broadcast_array(slots[slot], "broadcasting the optimizer")
         if seed is None:
-            seed = self.comm.bcast(int(np.random.SeedSequence().entropy % 2**63), root=0)
+            seed = mpi.broadcast_object(self.comm, int(np.random.SeedSequence().entropy % 2**63),
+                                        "sharing the seed", self.timeout)
         return training.fit(self.model, x, y, epochs, batch_size, optimizer, seed=seed,
                             replicas=self, **kwargs)
 
     def evaluate(self, x, y, batch_size: int = 256):
-        """Mean loss and accuracy over ``(x, y)``, each process evaluating its shard of rows."""
+        """Mean loss and accuracy over ``(x, y)``, each process evaluating its shard of rows
+        (after checking that every process passes the same data)."""
+        self._agree("DataParallel.evaluate", {"x": x, "y": y})
         return training.evaluate(self.model, x, y, batch_size, replicas=self)
 
     def predict(self, x, batch_size: int = 256):
         """The model's predictions for ``x`` (N, classes) on every process, each process
-        computing its shard of rows."""
+        computing its shard of rows (after checking that every process passes the same
+        ``x``)."""
+        self._agree("DataParallel.predict", {"x": x})
         return training.predict(self.model, x, batch_size, replicas=self)
 
     def save(self, path, **kwargs):
@@ -205,7 +251,8 @@ class DataParallel:
         process returns once the file is written."""
         if self.is_root:
             self.model.save(path, **kwargs)
-        self.comm.Barrier()
+        mpi.wait(self.comm.Ibarrier(), self.comm, "save (waiting for rank 0 to write)",
+                 self.timeout)
         return path
 
 
