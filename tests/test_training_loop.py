@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import portacnn
-from portacnn import Flatten, Dense, Sequential
+from portacnn import Dense, Flatten, Sequential
 from portacnn.kernels import CpuKernels
 from portacnn.optim import SGD, Adam
 from portacnn.training.progress import Divergence, Progress
@@ -38,7 +38,8 @@ def id_data(n, seed=0):
 class Spy:
     """Records what reaches ``model`` (from :func:`id_data`): ``train`` and ``infer``, the row
     numbers of each forward in training and in eval mode; ``losses``, one ``(mean loss, logits,
-    targets)`` per call of the loss kernel in training mode (host copies)."""
+    targets)`` per call of the loss kernel in training mode (host copies). ``poison=(k,
+    value)``: the k-th training loss (from 0) becomes ``value``, its gradient unchanged."""
 
     def __init__(self, model, monkeypatch, poison=None):
         self.train, self.infer, self.losses = [], [], []
@@ -130,25 +131,25 @@ def test_chunked_batches_train_the_same_rows_with_their_labels(monkeypatch):
 
 
 def test_validation_split_rows_never_reach_a_training_forward(monkeypatch):
-    """The last quarter is held out: it is evaluated after each epoch and never trained on.
-    Those rows are poison (bright, with labels against the pattern): were one trained on, the
-    weights would differ from a run on the other rows alone."""
-    x, y = id_data(20)
-    x[15:, 0, 2:, 1:] += 3.0
-    y[15:] = (y[15:] + 1) % 3
+    """A quarter of 23 rows, 5.75, rounds to the last 6: they are evaluated after each epoch
+    and never trained on. Those rows are poison (bright, with labels against the pattern):
+    were one trained on, the weights would differ from a run on the first 17 rows alone."""
+    x, y = id_data(23)
+    x[17:, 0, 2:, 1:] += 3.0
+    y[17:] = (y[17:] + 1) % 3
     model = small_net()
     spy = Spy(model, monkeypatch)
     history = model.fit(x, y, epochs=2, batch_size=4, validation_split=0.25,
                         optimizer=SGD(0.1, momentum=0.9), verbose=0)
-    for order in spy.epochs(15):
-        assert sorted(order) == list(range(15))
-    assert [list(ids) for ids in spy.infer] == [list(range(15, 20))] * 2   # once per epoch
+    for order in spy.epochs(17):
+        assert sorted(order) == list(range(17))
+    assert [list(ids) for ids in spy.infer] == [list(range(17, 23))] * 2   # once per epoch
     alone = small_net()
-    alone.fit(x[:15], y[:15], epochs=2, batch_size=4, optimizer=SGD(0.1, momentum=0.9),
+    alone.fit(x[:17], y[:17], epochs=2, batch_size=4, optimizer=SGD(0.1, momentum=0.9),
               verbose=0)
     for a, b in zip(model.parameters(), alone.parameters()):
         assert np.array_equal(a.value, b.value), a.name
-    loss, acc = model.evaluate(x[15:], y[15:])
+    loss, acc = model.evaluate(x[17:], y[17:])
     assert (history["val_loss"][-1], history["val_accuracy"][-1]) == pytest.approx((loss, acc))
 
 
@@ -233,12 +234,17 @@ def test_running_figures_in_a_log_are_the_means_so_far(monkeypatch):
     """With a progress line after every batch, each shows the mean loss and accuracy over the
     rows trained so far this epoch, and the epoch's last batch is left to the epoch line."""
     monkeypatch.setattr(Progress, "EVERY_S", 0.0)
+    seen = []
+    batch_done = Progress.batch_done
+    monkeypatch.setattr(Progress, "batch_done", lambda self, i, loss, hits, rows: (
+        seen.append(rows), batch_done(self, i, loss, hits, rows))[1])
     x, y = id_data(23)
     model = small_net()
     spy = Spy(model, monkeypatch)
     out = io.StringIO()
     model.fit(x, y, epochs=1, batch_size=5, optimizer=SGD(0.2, momentum=0.9), verbose=1,
               file=out)
+    assert seen == [5, 10, 15, 20, 23]                     # what a bar shows at the end too
     lines = out.getvalue().splitlines()
     assert len(lines) == 5 and lines[4].startswith("epoch 1/1: loss ")
     for i, line in enumerate(lines[:4]):
@@ -320,6 +326,15 @@ def test_the_divergence_hint_comes_above_three_uniform_guesses_once_per_fit():
         Divergence(1, SGD(0.5), 8, classes=10, hint=False).after_epoch(100.0, 1, None)
 
 
+def test_a_regression_loss_gets_no_hint_however_large():
+    """The hint compares the loss with a uniform guess over classes: MSE has no classes."""
+    x = toy_data(12)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = _mse_net().fit(x, np.full((12, 2), 100.0, np.float32), epochs=1, verbose=0)
+    assert history["loss"][0] > 1000
+
+
 # --- evaluate, predict and the model's mode ----------------------------------------------------
 
 @pytest.mark.parametrize("chunk", [None, 4], ids=["whole", "chunks-of-4"])
@@ -359,3 +374,23 @@ def test_fit_trains_in_training_mode_and_inference_keeps_the_callers_mode():
         model.evaluate(x, y)
         assert model.training is mode
         assert np.array_equal(first, model.backend.to_numpy(model.predict(x)))  # no dropout
+
+
+# --- targets the loss cannot use ---------------------------------------------------------------
+
+def _mse_net():
+    return Sequential([Flatten(), Dense(2)], input_shape=(1, 6, 6), loss="mse")
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda x: small_net().fit(x, np.array([[1.5, -0.5, 0.0]] * 6, np.float32), verbose=0),
+     r"y\[0\] is not a one-hot row \(its entries must be >= 0 and sum to 1, got sum 1\)"),
+    (lambda x: _mse_net().fit(x, np.where(np.arange(12).reshape(6, 2) == 7, np.nan,
+                                          np.zeros((6, 2), np.float32)), verbose=0),
+     r"y\[3\] holds NaN or infinity \(1 of 6 samples"),
+    (lambda x: _mse_net().evaluate(x, np.full((6, 2), -np.inf, np.float32)),
+     r"y\[0\] holds NaN or infinity \(6 of 6 samples"),
+], ids=["one-hot-row-with-a-negative-entry", "nan-mse-target", "infinite-mse-targets"])
+def test_targets_the_loss_cannot_use_are_refused_before_training(call, words):
+    with pytest.raises(ValueError, match=words):
+        call(toy_data(6)[0])
