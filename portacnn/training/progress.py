@@ -47,13 +47,11 @@ class History:
     def line(self, epochs: int) -> str:
         """The last epoch as one log line, ``"epoch 3/10: loss 0.1234, accuracy 0.9612,
         val_loss ..., val_accuracy ..., 1.23 s, 3,456 images/s"`` (each figure only when
-        recorded)."""
+        recorded: the MSE loss has no accuracy, with or without validation)."""
         last = {key: values[-1] for key, values in self.history.items()}
-        return (f"epoch {self.epochs}/{epochs}: loss {last['loss']:.4f}"
-                + (f", accuracy {last['accuracy']:.4f}" if "accuracy" in last else "")
-                + (f", val_loss {last['val_loss']:.4f}, val_accuracy {last['val_accuracy']:.4f}"
-                   if "val_loss" in last else "")
-                + f", {last['seconds']:.2f} s, {last['images_per_s']:,.0f} images/s")
+        figures = [f"{key} {last[key]:.4f}" for key in self.KEYS[:4] if key in last]
+        return (f"epoch {self.epochs}/{epochs}: {', '.join(figures)}, "
+                f"{last['seconds']:.2f} s, {last['images_per_s']:,.0f} images/s")
 
     def __repr__(self) -> str:
         return f"History(epochs={self.epochs}, keys={list(self.history)})"
