@@ -133,21 +133,27 @@ def plot_feature_maps(model, image, path=None, max_channels: int = 16):
     Args:
         image: one input, (C, H, W) or (1, C, H, W), already normalised like the training data.
         max_channels: channels shown per layer (the first ones).
+
+    The layers run in inference mode on the model's device; the model's training mode is
+    restored afterwards, also when a layer fails.
     """
     x = to_numpy(image) if not is_host_array(image) else np.asarray(image)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"plot_feature_maps takes one image (C, H, W), got shape {x.shape}")
+    rows = []
     was_training = model.training
     model.eval()
-    h = model.backend.asarray(x, dtype=model.dtype_name)
-    rows = []
-    for layer in model.layers:
-        h = layer._forward(h)
-        if isinstance(layer, (Conv2D, MaxPool2D, MinPool2D, AvgPool2D)):
-            rows.append((layer.name, to_numpy(h)[0]))
-    model.train(was_training)
+    try:                               # the layers run on the model's device (cuda:N)
+        with model.backend.activate():
+            h = model.backend.asarray(x, dtype=model.dtype_name)
+            for layer in model.layers:
+                h = layer._forward(h)
+                if isinstance(layer, (Conv2D, MaxPool2D, MinPool2D, AvgPool2D)):
+                    rows.append((layer.name, to_numpy(h)[0]))
+    finally:
+        model.train(was_training)
     if not rows:
         raise ValueError("the model has no convolution or pooling layer to show")
     cols = min(max_channels, max(r[1].shape[0] for r in rows))

@@ -121,3 +121,19 @@ def test_plots_without_matplotlib_exit_2_before_training(hide_module, capsys):
     assert main(["train", "--plots", "somewhere"]) == 2
     captured = capsys.readouterr()
     assert 'pip install "portacnn[viz]"' in captured.err and "epoch" not in captured.out
+
+
+def test_feature_maps_restore_the_training_mode_when_a_layer_fails(monkeypatch):
+    model = lenet5(seed=0)
+    model.train()
+    calls = []
+
+    def fails(h):
+        calls.append(h.shape)
+        raise RuntimeError("a layer failed mid-way")
+
+    monkeypatch.setattr(model.layers[2], "_forward", fails)
+    with pytest.raises(RuntimeError, match="mid-way"):
+        viz.plot_feature_maps(model, np.zeros((1, 28, 28), dtype=np.float32))
+    assert calls and model.training
+    assert all(layer.training for layer in model.layers)
