@@ -58,10 +58,14 @@ def fake_cupy(count=1, driver=12040, runtime=12090, count_error=None, elementwis
               matmul=None):
     """A module shaped like ``cupy`` for the smoke test: ``count`` devices, the given driver
     and runtime versions (CUDA's integer form: 12040 is 12.4; a driver of 0 is none), and
-    optional exceptions for getDeviceCount, the first elementwise op and the first matmul."""
+    optional exceptions for getDeviceCount, the first elementwise op and the first matmul.
+    ``touched`` lists each device index a ``Device`` was made for; ``current`` is the one
+    ``Device.use()`` made current."""
     cupy = types.ModuleType("cupy")
     cupy.__version__ = "14.2.0"
     cupy.float32 = np.float32
+    cupy.touched = []           # every device index a Device was made for, in order
+    cupy.current = None         # the device Device.use() made current (None: none yet)
 
     def get_device_count():
         if count_error is not None:
@@ -71,6 +75,10 @@ def fake_cupy(count=1, driver=12040, runtime=12090, count_error=None, elementwis
     class Device:
         def __init__(self, index=0):
             self.id = index
+            cupy.touched.append(index)
+
+        def use(self):
+            cupy.current = self.id
 
         def __enter__(self):
             return self
@@ -88,6 +96,7 @@ def fake_cupy(count=1, driver=12040, runtime=12090, count_error=None, elementwis
                                        "totalGlobalMem": 80 * 2**30})
     cupy.cuda = types.SimpleNamespace(runtime=runtime_mod, Device=Device,
                                       nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)))
+    cupy.empty = lambda shape, dtype=None: FakeArray(np.empty(shape, dtype=dtype))
     cupy.arange = lambda n, dtype=None: FakeArray(np.arange(n, dtype=dtype), elementwise, matmul)
     return cupy
 

@@ -219,3 +219,92 @@ def test_an_optimizer_step_by_hand_runs_on_the_parameters_device(simulated_cupy)
         opt.step(model.parameters())       # outside any activate(): the optimizer activates
     assert not _on(be, _every_array(model) | {
         f"state {k}.{s}": v for k, slots in opt.state.items() for s, v in slots.items()})
+
+
+def test_feature_maps_compute_on_the_models_device(simulated_cupy):
+    """``plot_feature_maps`` runs the layers one by one: under the model's device, as every
+    other path (``train --device cuda:1 --plots``)."""
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (portacnn[viz])")
+    from portacnn import viz
+
+    model = lenet5(device=simulated_cupy, seed=0)
+    fig = viz.plot_feature_maps(model, np.ones((1, 28, 28), dtype=np.float32))
+    assert len(fig.axes) > 0 and model.training
+
+
+# --- one GPU per process (distributed.rank_device) ---------------------------------------------
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """A fake CuPy with four devices that records each device it touches and the current one;
+    the node-local rank is read from ``monkeypatch.setattr(mpi, "local_rank", ...)``."""
+    import sys
+    import types
+
+    import array_api_compat
+    from fake_cupy import fake_cupy
+
+    cupy = fake_cupy(count=4)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    xp = types.SimpleNamespace(__name__="array_api_compat.cupy",
+                               empty=lambda *a, **k: np.empty(0))
+    monkeypatch.setattr(array_api_compat, "array_namespace", lambda *a: xp)
+    return cupy
+
+
+@pytest.mark.parametrize("rank,spec,device", [(0, "gpu", 0), (3, "gpu", 3), (6, "cuda", 2),
+                                              (5, None, 1), (1, "cuda:3", 3)])
+def test_each_rank_touches_only_its_gpu_and_makes_it_current(four_gpus, monkeypatch, rank, spec,
+                                                             device):
+    from portacnn.distributed import mpi
+
+    monkeypatch.setattr(mpi, "local_rank", lambda comm=None: rank)
+    monkeypatch.setenv("PORTACNN_DEVICE", "gpu")
+    backend = mpi.rank_device(spec)
+    assert backend.device.id == device
+    assert set(four_gpus.touched) == {device}, "a device other than the rank's was touched"
+    assert four_gpus.current == device
+
+
+# --- device buffers handed to MPI (DataParallel(cuda_aware=True)) -----------------------------
+class _DeviceBufferComm:
+    """Two processes' worth of MPI for device buffers: the blocking collectives copy this
+    process's buffer into every slot (as if the other process sent the same), with the
+    buffer's own ``__setitem__`` (array_api_strict refuses a buffer on another device). The
+    non-blocking ones are absent: MPI's CUDA support does not cover them."""
+
+    rank, size = 0, 2
+
+    def __init__(self):
+        self.calls = []
+
+    def Ibarrier(self):
+        self.calls.append("Ibarrier")
+        return type("Done", (), {"Test": lambda self: True})()
+
+    def Allgather(self, send, gathered):
+        self.calls.append("Allgather")
+        for r in range(self.size):
+            gathered[r, ...] = send
+
+    def Allreduce(self, send, total, op):
+        self.calls.append("Allreduce")
+        total[...] = send * self.size
+
+
+@pytest.mark.parametrize("reduction", ["ordered", "mpi"])
+def test_device_buffers_use_blocking_collectives_on_the_models_device(simulated_cupy, monkeypatch,
+                                                                      reduction):
+    import types
+
+    from portacnn.distributed import DataParallel, mpi
+
+    monkeypatch.setattr(mpi, "_mpi", lambda: types.SimpleNamespace(SUM="sum"))
+    model = Sequential([Flatten(), Dense(3)], input_shape=(1, 2, 2), device=simulated_cupy)
+    dp = DataParallel.__new__(DataParallel)          # the replicas without an MPI job
+    dp.model, dp.comm, dp.rank, dp.size = model, _DeviceBufferComm(), 0, 2
+    dp.reduction, dp.cuda_aware, dp.timeout = reduction, True, 5.0
+    flat = simulated_cupy.asarray(np.arange(6.0), dtype="float32")
+    total = dp.allreduce(flat)
+    assert str(total.device) == str(DEVICE1)
+    np.testing.assert_array_equal(simulated_cupy.to_numpy(total), 2 * np.arange(6.0))
+    assert dp.comm.calls == ["Ibarrier", "Allgather" if reduction == "ordered" else "Allreduce"]

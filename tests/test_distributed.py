@@ -301,6 +301,36 @@ def test_an_error_of_every_rank_is_reported_once():
     assert job.stderr.count("Traceback") == 1 and "[process" not in job.stderr
 
 
+REFUSE_CUDA_AWARE = """
+import os, sys
+from portacnn import Dense, Flatten, Sequential, distributed
+model = Sequential([Flatten(), Dense(2)], input_shape=(1, 2, 2))
+for how in ("argument", "variable"):
+    if how == "variable":
+        os.environ[distributed.CUDA_AWARE_VARIABLE] = "1"
+    try:
+        distributed.DataParallel(model, **({"cuda_aware": True} if how == "argument" else {}))
+    except distributed.DistributedError as exc:
+        print(how, "refused:", exc)
+    else:
+        print(how, "accepted")
+print("MPI reports CUDA support:", distributed.mpi_cuda_support())
+"""
+
+
+def test_cuda_aware_mpi_is_refused_where_the_mpi_has_no_cuda_support():
+    """The PyPI Open MPI that ``[mpi]`` installs is built without CUDA: handing it a device
+    buffer would crash, so asking for it is refused with the fix, however asked."""
+    job = run(["-c", REFUSE_CUDA_AWARE], processes=1)
+    assert job.returncode == 0, job.stderr
+    assert "MPI reports CUDA support: False" in job.stdout
+    for how, named in (("argument", "cuda_aware=True"),
+                       ("variable", "PORTACNN_CUDA_AWARE_MPI=1")):
+        line = next(l for l in job.stdout.splitlines() if l.startswith(how))
+        assert "refused" in line and "does not report CUDA support" in line, line
+        assert named in line and "host buffers" in line and "Open MPI" in line, line
+
+
 def test_command_line_refuses_batch_norm_in_one_line():
     job = run(["-m", "portacnn", "train", "--model", "lenet5-bn", "--epochs", "1", "--quiet"])
     _assert_reported_once(job, "without batch normalisation")

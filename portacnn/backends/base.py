@@ -38,7 +38,7 @@ class Backend:
     The base class serves any namespace ``array_api_compat`` recognises; subclasses exist for
     libraries that need more (see :mod:`portacnn.backends`). A subclass overrides the methods
     it needs in this class's order: ``parse``, ``create``, ``owns``, ``array_to_numpy``,
-    ``activate``, ``for_local_rank``, ``synchronize``, ``memory_peak``, ``device_info``,
+    ``activate``, ``for_local_rank``, ``use``, ``synchronize``, ``memory_peak``, ``device_info``,
     ``limit_threads``, ``thread_info``.
 
     Attributes:
@@ -182,11 +182,19 @@ class Backend:
         launch on a current device (CuPy); a no-op elsewhere."""
         return contextlib.nullcontext()
 
-    def for_local_rank(self, local_rank: int) -> "Backend":
-        """The backend of the process with node-local rank ``local_rank`` when several
-        processes share this machine (data parallelism): this one, where there is a single
-        device. GPU backends return device ``local_rank % device count``."""
-        return self
+    @classmethod
+    def for_local_rank(cls, local_rank: int) -> "Backend":
+        """A backend on the default device of the process with node-local rank ``local_rank``
+        when several processes share this machine (data parallelism): the library's default
+        device, where there is a single one. GPU classes create device
+        ``local_rank % device count`` and touch no other device (:func:`get_backend` with
+        ``local_rank``)."""
+        return cls.create()
+
+    def use(self) -> None:
+        """Make this backend's device the current one for the rest of this thread (a process
+        that computes on one device, as each process of a data-parallel job does); a no-op for
+        libraries without a current device."""
 
     def synchronize(self) -> None:
         """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""

@@ -62,8 +62,19 @@ class CupyBackend(Backend):
     def activate(self):
         return self.native.cuda.Device(self.device.id)
 
-    def for_local_rank(self, local_rank: int) -> "CupyBackend":
-        return type(self).create(local_rank % self.native.cuda.runtime.getDeviceCount())
+    @classmethod
+    def for_local_rank(cls, local_rank: int) -> "CupyBackend":
+        """Device ``local_rank % device count``: the count is read before any device is
+        touched, so no process makes a context (and a memory pool) on another rank's GPU."""
+        cupy = import_cupy()
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception:  # noqa: BLE001 - the smoke test diagnoses it with the versions
+            count = 0
+        return cls.create(local_rank % count if count else 0)
+
+    def use(self) -> None:
+        self.native.cuda.Device(self.device.id).use()
 
     def synchronize(self) -> None:
         self.native.cuda.Device(self.device.id).synchronize()

@@ -34,7 +34,8 @@ def registered() -> list[str]:
     return names + [n for n in _GENERIC_MODULES if n not in names]
 
 
-def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -> Backend:
+def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None, *,
+                local_rank: int | None = None) -> Backend:
     """Return the :class:`~.base.Backend` for a device string, a namespace, or its name.
 
     Args:
@@ -45,6 +46,10 @@ def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -
             (default ``"cpu"``).
         device: with a library name or module, the device within that library (e.g.
             ``array_api_strict.Device("device1")``).
+        local_rank: for a process of a data-parallel job, its rank among the processes on
+            this machine: a string or module that names no device (``"gpu"``, ``"cuda"``)
+            then gives device ``local_rank % device count`` (:meth:`Backend.for_local_rank`),
+            and no other device is touched; an explicit ``"cuda:N"`` stays device N.
 
     Raises:
         DeviceError: for an unknown string, a missing library (``"gpu"`` without CuPy names
@@ -57,10 +62,10 @@ def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -
         spec = os.environ.get(ENV_VAR, "cpu") or "cpu"
     try:
         if isinstance(spec, ModuleType):
-            return _from_module(spec, device)
+            return _from_module(spec, device, local_rank)
         if not isinstance(spec, str):
             raise DeviceError(f"device must be a string such as 'cpu' or 'gpu', got {spec!r}")
-        return _from_string(spec.strip().lower(), device)
+        return _from_string(spec.strip().lower(), device, local_rank)
     except DeviceError as exc:
         if from_env:
             raise DeviceError(f"{exc} (the device {spec!r} came from ${ENV_VAR}: unset it or "
@@ -68,20 +73,26 @@ def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None) -
         raise
 
 
-def _from_string(key: str, device):
+def _from_string(key: str, device, local_rank: int | None = None):
     for cls in registered_classes():
         matched, dev = cls.parse(key)
         if matched:
-            return cls.create(device if dev is None else dev)
+            device = device if dev is None else dev
+            if device is None and local_rank is not None:
+                return cls.for_local_rank(local_rank)
+            return cls.create(device)
     if key in _GENERIC_MODULES:
-        return _from_module(import_library(_GENERIC_MODULES[key], f"pip install {key}"), device)
+        return _from_module(import_library(_GENERIC_MODULES[key], f"pip install {key}"), device,
+                            local_rank)
     raise DeviceError(f"unknown device {key!r}; valid devices: {', '.join(registered())}")
 
 
-def _from_module(module: ModuleType, device) -> Backend:
+def _from_module(module: ModuleType, device, local_rank: int | None = None) -> Backend:
     name = library_name(module)
     cls = registered_class(name)
     if cls is not None:
+        if device is None and local_rank is not None:
+            return cls.for_local_rank(local_rank)
         return cls.create(device)
     try:
         xp = array_api_compat.array_namespace(module.empty(0))

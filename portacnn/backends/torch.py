@@ -43,11 +43,6 @@ class TorchBackend(Backend):
         """A tensor on any device, with or without autograd history, as a host NumPy array."""
         return x.detach().cpu().numpy()
 
-    def for_local_rank(self, local_rank: int) -> "TorchBackend":
-        if self.device.type != "cuda":
-            return self
-        return type(self).create(f"cuda:{local_rank % self.native.cuda.device_count()}")
-
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.native.cuda.synchronize(self.device)

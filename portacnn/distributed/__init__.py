@@ -35,10 +35,11 @@ generator on every process and each keeps its shard's rows: the same masks whate
 normalisation computes statistics over the batch, which would couple the shards: models with
 such layers are refused (:class:`DistributedError`) rather than trained differently.
 
-The gradients travel through host NumPy buffers, which works on every backend. With a
-CUDA-aware MPI, ``cuda_aware=True`` (or ``PORTACNN_CUDA_AWARE_MPI=1``) hands CuPy device buffers
-to MPI directly. Each process takes GPU ``local_rank % device count``
-(:func:`rank_device`): the node-local rank, from MPI's shared-memory split.
+The gradients travel through host NumPy buffers, which works on every backend. With an MPI
+that reports CUDA support (:func:`mpi_cuda_support`; refused otherwise), ``cuda_aware=True``
+(or ``PORTACNN_CUDA_AWARE_MPI=1``) hands CuPy device buffers to MPI's blocking collectives
+directly. Each process takes GPU ``local_rank % device count`` (:func:`rank_device`, the
+node-local rank from MPI's shared-memory split), touching no other GPU, and makes it current.
 
 Before any collective work, every call (``DataParallel(model)``, ``fit``, ``evaluate``,
 ``predict``) checks that all processes bring the same model, settings and data
@@ -63,11 +64,12 @@ import mpi4py; :func:`world` does, on first use.
 from .data_parallel import CUDA_AWARE_VARIABLE, DataParallel, shard_bounds
 from .ending import Terminated, abort, abort_on_error, end_together, interrupt_on_sigterm
 from .mpi import (MPI_ENVIRONMENT, TIMEOUT_VARIABLE, DistributedError, DistributedTimeoutError,
-                  PeerFailedError, launched_by_mpi, local_rank, rank_device, root_first,
+                  PeerFailedError, launched_by_mpi, local_rank, mpi_cuda_support, rank_device,
+                  root_first,
                   silence_unless_root, wait_timeout, world)
 
 __all__ = ["DataParallel", "DistributedError", "DistributedTimeoutError", "MPI_ENVIRONMENT",
            "PeerFailedError", "TIMEOUT_VARIABLE", "Terminated", "abort", "abort_on_error",
            "end_together", "interrupt_on_sigterm", "launched_by_mpi", "local_rank",
-           "rank_device", "root_first", "shard_bounds", "silence_unless_root", "wait_timeout",
+           "mpi_cuda_support", "rank_device", "root_first", "shard_bounds", "silence_unless_root", "wait_timeout",
            "world"]

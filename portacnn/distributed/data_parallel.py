@@ -41,8 +41,10 @@ class DataParallel:
         model: a built :class:`~portacnn.Sequential`, the same architecture on every process
             (its parameters and buffers are replaced by rank 0's here).
         comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
-        cuda_aware: hand device buffers to MPI without a host copy (an MPI built with CUDA
-            support and CuPy arrays); default ``$PORTACNN_CUDA_AWARE_MPI == "1"``.
+        cuda_aware: hand device buffers to MPI's blocking collectives without a host copy
+            (CuPy arrays and an MPI that reports CUDA support,
+            :func:`~portacnn.distributed.mpi_cuda_support`); default
+            ``$PORTACNN_CUDA_AWARE_MPI == "1"``.
         reduction: ``"ordered"`` (default; the sum in rank order, see
             :mod:`portacnn.distributed`) or ``"mpi"`` (``MPI_Allreduce``: fewer bytes, the MPI
             library's order of addition).
@@ -52,7 +54,8 @@ class DataParallel:
             (:func:`~portacnn.distributed.wait_timeout`).
 
     Raises:
-        DistributedError: a layer couples the samples of a batch (batch normalisation), or the
+        DistributedError: ``cuda_aware`` with an MPI that does not report CUDA support; a
+            layer couples the samples of a batch (batch normalisation), or the
             processes hold different models (architecture, layer settings, shapes, dtype) or
             ask for different reductions.
 
@@ -76,6 +79,15 @@ class DataParallel:
         self.timeout = mpi.wait_timeout(timeout)
         self.cuda_aware = (os.environ.get(CUDA_AWARE_VARIABLE) == "1" if cuda_aware is None
                            else bool(cuda_aware))
+        if self.cuda_aware and not mpi.mpi_cuda_support():
+            asked = (f"{CUDA_AWARE_VARIABLE}=1" if cuda_aware is None else "cuda_aware=True")
+            raise DistributedError(
+                f"{asked} asks to hand device buffers to MPI, but this MPI does not report CUDA "
+                f"support ({mpi._mpi().Get_library_version().splitlines()[0].strip()}), so it "
+                "would crash on the first one (the PyPI Open MPI of portacnn[mpi] is built "
+                f"without CUDA): drop {asked} (the gradients then go through host buffers, which "
+                "works with any MPI), or run on an MPI built with CUDA (Open MPI configured "
+                "--with-cuda, MPICH --with-cuda) with mpi4py built against it")
         self._batch = None          # (start, stop): the batch whose shard is being computed
         if fail_fast:
             ending.abort_on_error(self.comm)
@@ -161,25 +173,39 @@ class DataParallel:
 
     def allreduce(self, flat):
         """The sum over the processes of the 1-d device array ``flat`` (S,), on every process:
-        ``reduction="ordered"`` gathers the R buffers and adds them in rank order."""
+        ``reduction="ordered"`` gathers the R buffers and adds them in rank order.
+
+        Device buffers (``cuda_aware``) go to MPI's blocking collectives, the ones its CUDA
+        support covers (Open MPI's does not cover the non-blocking ones); a bounded barrier
+        first (:func:`.mpi.wait`) keeps a missing process from hanging the others there."""
         backend = self.model.backend
-        if self.cuda_aware:
-            send = flat
-            backend.synchronize()               # MPI reads the buffer outside the stream
-        else:
+        with backend.activate():
+            if self.cuda_aware:
+                return self._allreduce_on_device(flat, backend)
             send = np.ascontiguousarray(to_numpy(flat))
+            if self.reduction == "mpi":
+                total = np.empty(send.shape, dtype=send.dtype)
+                mpi.wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM), self.comm,
+                         "the gradient sum", self.timeout)
+            else:
+                gathered = np.empty((self.size, send.shape[0]), dtype=send.dtype)
+                mpi.wait(self.comm.Iallgather(send, gathered), self.comm, "the gradient sum",
+                         self.timeout)
+                total = _rank_order_sum(gathered, self.size)
+            return backend.asarray(total)
+
+    def _allreduce_on_device(self, send, backend):
+        # Inside backend.activate(): the buffers are made on the model's device.
+        xp = backend.xp
+        backend.synchronize()                   # MPI reads the buffer outside the stream
+        mpi.wait(self.comm.Ibarrier(), self.comm, "the gradient sum", self.timeout)
         if self.reduction == "mpi":
-            total = _empty_like(send, (send.shape[0],), backend, self.cuda_aware)
-            mpi.wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM), self.comm,
-                     "the gradient sum", self.timeout)
-        else:
-            gathered = _empty_like(send, (self.size, send.shape[0]), backend, self.cuda_aware)
-            mpi.wait(self.comm.Iallgather(send, gathered), self.comm, "the gradient sum",
-                     self.timeout)
-            total = gathered[0, ...]
-            for r in range(1, self.size):
-                total = total + gathered[r, ...]
-        return total if self.cuda_aware else backend.asarray(total)
+            total = xp.empty(tuple(send.shape), dtype=send.dtype, device=backend.device)
+            self.comm.Allreduce(send, total, op=mpi._mpi().SUM)
+            return total
+        gathered = xp.empty((self.size, send.shape[0]), dtype=send.dtype, device=backend.device)
+        self.comm.Allgather(send, gathered)
+        return _rank_order_sum(gathered, self.size)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each of ``values`` (Python floats) summed over the processes in rank order."""
@@ -256,10 +282,12 @@ class DataParallel:
         return path
 
 
-def _empty_like(buffer, shape, backend, on_device: bool):
-    if on_device:
-        return backend.xp.empty(shape, dtype=buffer.dtype, device=backend.device)
-    return np.empty(shape, dtype=buffer.dtype)
+def _rank_order_sum(gathered, size: int):
+    """Rows 0 + 1 + ... + size-1 of ``gathered`` (size, S), added in that order."""
+    total = gathered[0, ...]
+    for r in range(1, size):
+        total = total + gathered[r, ...]
+    return total
 
 
 class _WholeBatchRNG:

@@ -10,6 +10,7 @@ Importing this module does not import mpi4py; :func:`world` does, on first use.
 from __future__ import annotations
 
 import array
+import ctypes
 import os
 import pickle
 import sys
@@ -19,7 +20,7 @@ from ..backends import Backend, get_backend
 
 __all__ = ["DEFAULT_TIMEOUT_S", "DistributedError", "DistributedTimeoutError", "FAILURE_TAG",
            "MPI_ENVIRONMENT", "PeerFailedError", "TIMEOUT_VARIABLE", "allgather_object",
-           "broadcast_object", "failed_peer", "launched_by_mpi", "local_rank", "rank_device",
+           "broadcast_object", "failed_peer", "launched_by_mpi", "local_rank", "mpi_cuda_support", "rank_device",
            "root_first", "silence_unless_root", "wait", "wait_timeout", "world"]
 
 # Variables an MPI launcher sets in each process it starts: Open MPI, MPICH / Intel MPI (Hydra),
@@ -69,6 +70,27 @@ def world():
     return _mpi().COMM_WORLD
 
 
+def mpi_cuda_support() -> bool:
+    """Whether the MPI library mpi4py runs on reports that it takes CUDA device buffers: Open
+    MPI's ``MPIX_Query_cuda_support()`` (built with CUDA and CUDA enabled at run time), or
+    MPICH's ``MPIX_GPU_query_support`` for CUDA. False for a library that answers no, or that
+    has neither query (it cannot be known to work, so it is not tried). The PyPI Open MPI that
+    ``pip install "portacnn[mpi]"`` brings is built without CUDA: False."""
+    MPI = _mpi()
+    try:
+        library = ctypes.CDLL(MPI.__file__)      # its lookups reach the MPI library it links
+    except OSError:
+        return False
+    query = getattr(library, "MPIX_Query_cuda_support", None)
+    if query is not None:
+        return bool(query())
+    query = getattr(library, "MPIX_GPU_query_support", None)
+    if query is not None:
+        supported = ctypes.c_int(0)
+        return query(0, ctypes.byref(supported)) == 0 and bool(supported.value)  # 0: CUDA
+    return False
+
+
 def local_rank(comm=None) -> int:
     """This process's rank among the processes of the job on the same machine (0, 1, ...)."""
     comm = comm if comm is not None else world()
@@ -80,12 +102,20 @@ def local_rank(comm=None) -> int:
 
 
 def rank_device(device=None, comm=None) -> Backend:
-    """The backend this process trains on: ``device`` (a device string or a backend, as for
-    :func:`~portacnn.backends.get_backend`) and, where the library has several devices,
-    device ``local_rank % device count``. To place the processes otherwise, give each its own
-    ``CUDA_VISIBLE_DEVICES``."""
-    backend = device if isinstance(device, Backend) else get_backend(device)
-    return backend.for_local_rank(local_rank(comm))
+    """The backend this process trains on, with its device made current for this thread.
+
+    ``device`` is a device string or module as for :func:`~portacnn.backends.get_backend`
+    (None: ``$PORTACNN_DEVICE``). One that names no device of a library with several
+    (``"gpu"``, ``"cuda"``) gives device ``local_rank % device count``, chosen before any device
+    is touched, so each process makes a CUDA context only on its own GPU; an explicit
+    ``"cuda:N"`` stays device N, and a backend is used as it is. To place the processes
+    otherwise, give each its own ``CUDA_VISIBLE_DEVICES``."""
+    if isinstance(device, Backend):
+        backend = device
+    else:
+        backend = get_backend(device, local_rank=local_rank(comm))
+    backend.use()
+    return backend
 
 
 def root_first(fn, comm=None):
