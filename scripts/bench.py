@@ -59,7 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the checkout's portacnn without an install; scripts/ for tutorial_lenet (also under python -I)
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import portacnn  # noqa: E402
 from portacnn import AvgPool2D, Conv2D, Dense, Flatten, Sequential, Tanh, distributed  # noqa: E402

@@ -9,7 +9,9 @@ It installs nothing. The steps, each recorded with its figures:
 
 1. ``smoke``: ``get_backend(device)``: an elementwise op, a reduction, a matrix product; the
    GPU's name, memory, driver, CUDA runtime, NVRTC and CuPy versions; the libraries CuPy loads.
-2. ``tests``: the test suite on CuPy alone (``PORTACNN_TEST_BACKENDS=cupy python -m pytest``).
+2. ``tests``: the suite's CuPy tests on the device asked for (``PORTACNN_TEST_BACKENDS=cupy
+   pytest -k cupy`` with ``CUDA_VISIBLE_DEVICES`` naming that GPU): failed when none passed or
+   any skipped, except for an optional library that is not installed (torch, pooch, ...).
 3. ``train``: LeNet-5 on the bundled digits for ``--epochs`` epochs (SGD lr 0.02, momentum 0.9,
    batch 32, seed 0) on the GPU and on the CPU: seconds per epoch (the first includes CuPy's
    kernel compilation) and test accuracy, which should agree within 2 points.
@@ -17,6 +19,10 @@ It installs nothing. The steps, each recorded with its figures:
    compared (largest probability difference, argmax agreement).
 5. ``bench``: ``scripts/bench.py --quick`` on the device (with ``--compare-torch`` when
    PyTorch sees CUDA).
+
+Each step is isolated and time-bounded (``BUDGETS``: a child process is killed at its limit,
+an in-process step is interrupted by an alarm): an exception or a timeout is recorded as that
+step's failure with its error, the next steps run, and the report is written whatever fails.
 
 Exit status: 0 when every step passed; 1 when one failed (the report says which and what to
 do); 2, with one line and no report, on a machine without a GPU.
@@ -28,8 +34,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +51,13 @@ from portacnn.data import load_sample, normalize  # noqa: E402
 from portacnn.models import lenet5  # noqa: E402
 from portacnn.optim import SGD  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from check_steps import (child_gpu, count_backend_tests, cuda_index, run_child,  # noqa: E402
+                         run_step)
+
 STEPS = ("smoke", "tests", "train", "checkpoint", "bench")
+BUDGETS = {"smoke": 120, "tests": 900, "train": 600, "checkpoint": 300, "bench": 900}  # s,
+# a step's limit: a child process is killed at it, an in-process step interrupted by an alarm
 ACCURACY_GAP = 0.02         # GPU and CPU test accuracy after the same seeded run
 PROBABILITY_GAP = 1e-4      # float32 predictions of one model on two devices
 
@@ -80,21 +90,44 @@ def step_smoke(device):
     return backend, record
 
 
-def step_tests(test_backend: str):
-    """The suite on one backend of the test matrix, in a child process."""
+def step_tests(test_backend: str, device: str = "cpu"):
+    """The suite's ``test_backend`` tests (``-k``) in a child process, on ``device`` for CuPy
+    (the child's ``CUDA_VISIBLE_DEVICES`` names that GPU alone): failed when none passed, any
+    failed, or any skipped for a reason other than an optional library not installed."""
+    if importlib.util.find_spec("pytest") is None:
+        return None, {"ok": False, "error": "pytest is not installed: pip install pytest (or "
+                      "'portacnn[test]') to run the tests step, or leave it out with --steps"}
     env = {**os.environ, "PORTACNN_TEST_BACKENDS": test_backend}
+    if test_backend == "cupy":
+        env["CUDA_VISIBLE_DEVICES"] = child_gpu(cuda_index(device))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(ROOT / "tests")], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    lines = proc.stdout.strip().splitlines()
-    summary = lines[-1] if lines else proc.stderr.strip()[-300:]
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)",
-                                                     summary)}
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "tests.xml"
+        code, stdout, stderr = run_child(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", test_backend,
+             f"--junitxml={junit}", str(ROOT / "tests")],
+            BUDGETS["tests"], cwd=ROOT, env=env)
+        counts, reasons = (count_backend_tests(junit.read_text(), test_backend)
+                           if junit.exists() else ({}, []))
+    lines = stdout.strip().splitlines()
+    summary = lines[-1] if lines else stderr.strip()[-300:]
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))][:20]
-    return {"ok": proc.returncode == 0 and counts.get("passed", 0) > 0,
-            "seconds": time.perf_counter() - t0, "backends": test_backend, "summary": summary,
-            "counts": counts, "failures": failed}
+    problems = []
+    if code != 0:
+        problems.append(f"pytest exited with status {code}")
+    if not counts.get("passed"):
+        problems.append(f"no {test_backend} test passed")
+    if counts.get("skipped"):
+        problems.append(f"{counts['skipped']} {test_backend} tests skipped: "
+                        + "; ".join(reasons)[:500])
+    record = {"ok": not problems, "seconds": time.perf_counter() - t0, "backends": test_backend,
+              "summary": summary, "counts": counts, "skip_reasons": reasons,
+              "failures": failed}
+    if test_backend == "cupy":
+        record["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
+    if problems:
+        record["error"] = "; ".join(problems)
+    return None, record
 
 
 def _digits():
@@ -138,9 +171,9 @@ def step_checkpoint(model):
     theirs = on_cpu.backend.to_numpy(on_cpu.predict(xt))
     gap = float(np.max(np.abs(ours - theirs)))
     agree = float(np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1)))
-    return {"ok": gap <= PROBABILITY_GAP and agree == 1.0, "seconds": seconds,
-            "max_probability_gap": gap, "argmax_agreement": agree,
-            "loaded_on": on_cpu.backend.description}
+    return None, {"ok": gap <= PROBABILITY_GAP and agree == 1.0, "seconds": seconds,
+                  "max_probability_gap": gap, "argmax_agreement": agree,
+                  "loaded_on": on_cpu.backend.description}
 
 
 def step_bench(device: str):
@@ -157,12 +190,14 @@ def step_bench(device: str):
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         t0 = time.perf_counter()
-        proc = subprocess.run(args + ["--json", str(out)], cwd=ROOT, capture_output=True,
-                              text=True)
+        code, stdout, stderr = run_child(args + ["--json", str(out)], BUDGETS["bench"], cwd=ROOT)
         report = json.loads(out.read_text()) if out.exists() else None
-    return {"ok": proc.returncode == 0 and report is not None,
-            "seconds": time.perf_counter() - t0, "command": " ".join(args[1:]),
-            "output": proc.stdout[-4000:], "error": proc.stderr[-2000:], "report": report}
+    record = {"ok": code == 0 and report is not None, "seconds": time.perf_counter() - t0,
+              "command": " ".join(args[1:]), "output": stdout[-4000:], "report": report}
+    if not record["ok"]:
+        record["error"] = (f"bench exited with status {code}: "
+                           + (stderr.strip()[-2000:] or "no output"))
+    return None, record
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -188,7 +223,7 @@ def markdown(report) -> str:
     if "error" in smoke:
         out += ["", "## Smoke test failed", "", smoke["error"]]
     tests = steps.get("tests")
-    if tests and tests["failures"]:
+    if tests and tests.get("failures"):
         out += ["", "## Test failures", ""] + [f"- {line}" for line in tests["failures"]]
     bench = steps.get("bench")
     if bench and bench.get("output"):
@@ -250,6 +285,24 @@ def libraries_only() -> int:
     return 0 if all(row["ok"] is not False for row in rows) else 1
 
 
+def run_steps(args, backend, steps):
+    """The steps after the smoke test, each isolated: one failing does not stop the next."""
+    model = None
+    if "tests" in args.steps:
+        test_backend = "cupy" if backend.accelerator else backend.name
+        steps["tests"] = run_step("tests", BUDGETS["tests"] + 30, step_tests, test_backend,
+                                  args.device)[1]     # + 30 s: the child's own limit first
+    if "train" in args.steps:
+        model, steps["train"] = run_step("train", BUDGETS["train"], step_train, backend,
+                                         args.epochs)
+    if "checkpoint" in args.steps:
+        def checkpoint():
+            return step_checkpoint(model or step_train(backend, 1)[0])
+        steps["checkpoint"] = run_step("checkpoint", BUDGETS["checkpoint"], checkpoint)[1]
+    if "bench" in args.steps:
+        steps["bench"] = run_step("bench", BUDGETS["bench"] + 30, step_bench, args.device)[1]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.libraries:
@@ -263,27 +316,24 @@ def main(argv=None) -> int:
               "portacnn": portacnn.__version__, "python": sys.version.split()[0], "steps": {}}
     steps = report["steps"]
     try:
-        backend, steps["smoke"] = step_smoke(args.device)
+        backend, steps["smoke"] = run_step("smoke", BUDGETS["smoke"], step_smoke,
+                                           args.device, passthrough=(NoDeviceError, DeviceError))
     except NoDeviceError as exc:
         print(f"gpu_check: no GPU on this machine: {exc}")
         return 2
     except DeviceError as exc:
-        steps["smoke"] = {"ok": False, "error": str(exc), "libraries": check_libraries()}
+        steps["smoke"] = {"ok": False, "error": str(exc)}
+        libraries, _ = run_step("smoke", BUDGETS["smoke"],
+                                lambda: (check_libraries(), {}))
+        steps["smoke"]["libraries"] = libraries or []
         backend = None
-    if backend is not None:
-        model = None
-        if "tests" in args.steps:
-            steps["tests"] = step_tests("cupy" if backend.accelerator else backend.name)
-        if "train" in args.steps:
-            model, steps["train"] = step_train(backend, args.epochs)
-        if "checkpoint" in args.steps:
-            model = model or step_train(backend, 1)[0]
-            steps["checkpoint"] = step_checkpoint(model)
-        if "bench" in args.steps:
-            steps["bench"] = step_bench(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    (args.out / "gpu_check.md").write_text(markdown(report))
+    try:
+        if backend is not None:
+            run_steps(args, backend, steps)
+    finally:                            # the report whatever fails, even an interrupt
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        (args.out / "gpu_check.md").write_text(markdown(report))
     for name, record in steps.items():
         print(f"{name:<11} {_status(record):<7} {_figures(name, record)}")
     print(f"report: {args.out / 'gpu_check.md'} and {args.out / 'gpu_check.json'}")

@@ -9,6 +9,8 @@ smallest geometry that shows it.
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis", reason="hypothesis is not installed (portacnn[test])")
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
