@@ -219,6 +219,46 @@ def test_library_check_needs_no_gpu_and_names_what_is_missing(install_fake, monk
     assert driver["ok"] is None and "none installed" in driver["detail"]
 
 
+def _libs_package(monkeypatch, cupy14, cublas_loads=True):
+    """``cupy_backends.cuda.libs`` as CuPy 13 ships it (a plain package: ``cublas`` is a
+    submodule to import, linked against libcublas.so.N) or as CuPy 14 does (its
+    ``__getattr__`` loads libcublas through cuda-pathfinder first, raising ImportError where it
+    is missing)."""
+    import types
+
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.__path__ = []
+    if cupy14:
+        def getattr_(name):
+            if name != "cublas":
+                raise AttributeError(name)
+            if not cublas_loads:
+                raise ImportError('Failure finding "libcublas.so.12"')
+            return cublas
+        libs.__getattr__ = getattr_
+    for name, module in (("cupy_backends", types.ModuleType("cupy_backends")),
+                         ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                         ("cupy_backends.cuda.libs", libs)):
+        module.__path__ = []
+        monkeypatch.setitem(sys.modules, name, module)
+    if cublas_loads:
+        monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
+    else:
+        monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", None)
+
+
+@pytest.mark.parametrize("cupy14", [False, True], ids=["cupy13", "cupy14"])
+def test_library_check_finds_cublas_on_cupy_13_and_14(install_fake, monkeypatch, cupy14):
+    install_fake()
+    _libs_package(monkeypatch, cupy14)
+    rows = {row["library"]: row for row in check_libraries()}
+    assert rows["cuBLAS"]["ok"], rows["cuBLAS"]
+    _libs_package(monkeypatch, cupy14, cublas_loads=False)
+    rows = {row["library"]: row for row in check_libraries()}
+    assert not rows["cuBLAS"]["ok"] and "pip install" in rows["cuBLAS"]["detail"]
+
+
 def test_library_check_without_cupy_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)          # importing cupy fails
     [row] = check_libraries()
@@ -275,3 +315,16 @@ def test_memory_peak_is_the_pools_highest_use_not_its_size_after():
         allocator["fn"](100)
     assert peak.bytes == 300
     assert allocator["fn"] == pool.malloc      # the allocator is restored
+
+
+def test_a_library_path_is_read_from_the_process_maps_without_cuda_pathfinder(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 08:01 1 /usr/local/cuda/lib64/libcublasLt.so.12.4.5.8\n"
+        "7f01-7f02 r-xp 00000000 08:01 2 /usr/local/cuda/lib64/libcublas.so.12.4.5.8\n"
+        "7f02-7f03 rw-p 00000000 00:00 0 \n")
+    assert cupy_doctor._mapped_library("cublas", str(maps)) == \
+        "/usr/local/cuda/lib64/libcublas.so.12.4.5.8"
+    assert cupy_doctor._mapped_library("cublasLt", str(maps)).endswith("libcublasLt.so.12.4.5.8")
+    assert cupy_doctor._mapped_library("nvrtc", str(maps)) is None
+    assert cupy_doctor._mapped_library("cublas", str(tmp_path / "absent")) is None

@@ -250,12 +250,14 @@ def check_libraries() -> list[dict]:
     rows = [{"library": "CuPy", "ok": True, "detail": f"{fields['cupy']} ({where})"}]
 
     def found(name):
-        # The file cuda-pathfinder (CuPy 14's loader) resolves, where it is installed.
+        # The file cuda-pathfinder (CuPy 14's loader) resolves, where it is installed; else
+        # (CuPy 13 links the libraries and the system loader finds them) the file mapped
+        # into this process.
         try:
             pathfinder = importlib.import_module("cuda.pathfinder")
             return pathfinder.load_nvidia_dynamic_lib(name).abs_path
         except Exception as exc:  # noqa: BLE001 - a path is extra information
-            return f"path unknown: {type(exc).__name__}"
+            return _mapped_library(name) or f"path unknown: {type(exc).__name__}"
 
     rows.append({"library": "CUDA runtime", "ok": fields["cuda_runtime"] is not None,
                  "detail": f"{fields['cuda_runtime']} ({found('cudart')})"})
@@ -271,8 +273,7 @@ def check_libraries() -> list[dict]:
         rows.append({"library": "NVRTC", "ok": False,
                      "detail": f"{error}; pip install {extra} brings it"})
     try:
-        # As CuPy does: the package's __getattr__ loads libcublas before the module needing it.
-        importlib.import_module("cupy_backends.cuda.libs").cublas  # noqa: B018
+        _load_cublas()
         rows.append({"library": "cuBLAS", "ok": True,
                      "detail": f"{found('cublas')}, {found('cublasLt')}"})
     except Exception as exc:  # noqa: BLE001
@@ -284,6 +285,32 @@ def check_libraries() -> list[dict]:
                  "detail": "none installed (needed to compute, not for this check)"
                  if driver == "none" else f"CUDA {driver}"})
     return rows
+
+
+def _load_cublas():
+    """CuPy's cuBLAS module, loaded as ``from cupy_backends.cuda.libs import cublas`` (what
+    ``cupy.cuda.cublas`` runs) loads it. CuPy 14's package has a ``__getattr__`` that loads
+    libcublas through cuda-pathfinder before the module (ImportError where it is missing); CuPy
+    13's is a plain package whose ``cublas`` submodule links libcublas.so.N itself and is an
+    attribute only once imported, so it is imported by name."""
+    libs = importlib.import_module("cupy_backends.cuda.libs")
+    try:
+        return getattr(libs, "cublas")
+    except AttributeError:
+        return importlib.import_module("cupy_backends.cuda.libs.cublas")
+
+
+def _mapped_library(name: str, maps: str = "/proc/self/maps") -> str | None:
+    """The file of ``lib<name>.so...`` mapped into this process (Linux), or None."""
+    try:
+        with open(maps) as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith(f"lib{name}.so"):
+                    return path
+    except OSError:
+        pass
+    return None
 
 
 def version_fields(cupy) -> dict:
