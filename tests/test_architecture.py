@@ -26,8 +26,8 @@ import pytest
 
 from architecture import (DESIGN, PACKAGE, array_library_imports, backend_name_comparisons,
                           crossings, cross_test_imports, cycles, design_floors, import_graph,
-                          late_module_skips, parse_floors, read_files, read_modules, stale_entries, string_lookups,
-                          unplaced_modules)
+                          late_module_skips, parse_floors, read_files, read_modules,
+                          stale_entries, string_lookups, unplaced_modules)
 
 
 @functools.cache

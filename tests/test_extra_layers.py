@@ -249,7 +249,8 @@ def test_upsample_matches_torch(core_backend, host_rng, torch):
 
 
 @pytest.mark.parametrize("dims", [2, 1])
-def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend, host_rng, dims, torch):
+def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend, host_rng, dims,
+                                                                   torch):
     shape = (6, 3, 5, 4) if dims == 2 else (9, 3)
     tbn = (torch.nn.BatchNorm2d if dims == 2 else torch.nn.BatchNorm1d)(3, momentum=0.1).double()
     with torch.no_grad():

@@ -86,13 +86,13 @@ def _import_failure(exc: ImportError, warned: list[str]) -> str:
     if len(installed) > 1:
         fix = (f"several CuPy packages are installed ({', '.join(installed)}) and overwrite "
                f"each other's files: pip uninstall -y {' '.join(installed)}, then install one "
-               "again: the one your machine came with (pip install --force-reinstall --no-deps "
-               f"cupy-cudaNNx, and portacnn without the gpu extra), or {INSTALL_HINT}")
+               "of them again (pip install --force-reinstall --no-deps <that one>, and "
+               f"portacnn without a gpu extra: docs/gpu.md), or {INSTALL_HINT}")
     elif installed:
-        fix = (f"reinstall it: pip install --force-reinstall {installed[0]}, or read CuPy's "
-               "diagnosis above")
+        fix = (f"CuPy's error says what failed; reinstall it: pip install --force-reinstall "
+               f"{installed[0]}")
     else:
-        fix = f"read CuPy's diagnosis above; reinstall CuPy, or {INSTALL_HINT}"
+        fix = f"CuPy's error says what failed; reinstall CuPy, or {INSTALL_HINT}"
     return f"CuPy is installed but fails to import: {text}{seen}; {fix}"
 
 
