@@ -31,6 +31,9 @@ moved to the device, before its clock starts, for both sides.
 On a GPU (``--device gpu`` / ``cuda:N``) PyTorch runs on the same CUDA device, both sides are
 synchronised before every clock read, only the first of ``--threads`` is used (threads do not
 change a GPU's speed), and the header names the GPU, the driver, the CUDA runtime and CuPy.
+PyTorch's TF32 (on by default for cuDNN's float32 convolutions on Ampere and newer GPUs) is
+turned off, as CuPy computes float32 in full: both sides do the same arithmetic, and the
+report says so (``torch_tf32``: false).
 
 ``--data-parallel N`` runs only the data-parallel section, in an ``mpiexec -n N`` job it starts
 itself: training epochs at the global batches ``--dp-batches`` for one process (1 and N BLAS
@@ -94,12 +97,20 @@ def dataset(n, dtype):
 
 class Peer:
     """PyTorch, the peer: the module and the device its tensors live on (the GPU portacnn
-    runs on, or the CPU)."""
+    runs on, or the CPU).
+
+    PyTorch lets cuDNN's float32 convolutions (and, where allowed, cuBLAS's products) use TF32
+    on Ampere and newer GPUs: 10-bit mantissas, faster and less exact. CuPy computes float32
+    in full, so the peer turns TF32 off (``tf32`` False) and both sides do the same arithmetic.
+    """
 
     def __init__(self, torch, backend):
         self.torch = torch
         cuda = backend.device_info().get("cuda_device") if backend.accelerator else None
         self.device = torch.device("cpu" if cuda is None else f"cuda:{cuda}")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.tf32 = False
 
     def tensor(self, array):
         return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -457,17 +468,21 @@ def relaunch_under_mpiexec(processes, argv):
     return subprocess.call(command)
 
 
-def _run_timed(comm, fn, everyone):
+def _run_timed(comm, fn, everyone, sync):
     """Seconds ``fn`` took on rank 0. ``everyone``: every rank runs it (from a barrier);
     otherwise rank 0 runs it alone while the others sleep (polling a non-blocking barrier,
-    so they leave rank 0 the other cores instead of spinning in MPI)."""
+    so they leave rank 0 the other cores instead of spinning in MPI). ``sync()`` waits for
+    every device before each clock read: the epoch's shuffled copy, made just before, may
+    still be on its way to a GPU."""
     seconds = None
     if everyone:
         comm.Barrier()
     if everyone or comm.rank == 0:
         gc.collect()
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         seconds = time.perf_counter() - t0
     request = comm.Ibarrier()
     while not request.Test():
@@ -540,13 +555,18 @@ def data_parallel(backend, args, peer=None):
                 return peer.tensor(x[order]), peer.tensor(y[order])
             return backend.asarray(x[order], dtype=args.dtype), backend.asarray(y[order])
 
+        def sync():
+            backend.synchronize()
+            if peer is not None:
+                peer.synchronize()
+
         times = {key: [] for key in contenders}
         for r, order in enumerate(orders):                  # run 0 is the warm-up
             turn = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
             this_run = {}
             for key in turn:
                 data = shuffled(key, order)
-                this_run[key] = _run_timed(comm, lambda: run(key, data), key == "dp")
+                this_run[key] = _run_timed(comm, lambda: run(key, data), key == "dp", sync)
                 del data
             if r:
                 for key, seconds in this_run.items():
@@ -737,6 +757,7 @@ def main(argv=None):
     if peer is not None:
         report["machine"]["torch"] = torch.__version__
         report["machine"]["torch_device"] = str(peer.device)
+        report["machine"]["torch_tf32"] = peer.tf32        # off: float32 as CuPy computes it
     print("portacnn benchmark:", json.dumps(report["machine"]))
     if device_line(report["machine"]["device"]):
         print(device_line(report["machine"]["device"]))
@@ -777,7 +798,7 @@ def main(argv=None):
                 tr = entry["train"] = train_epochs(backend, args, threads, peer)
                 print(f"  portacnn: {fmt(tr['portacnn'])}")
                 if torch is not None:
-                    print(f"  pytorch:  {fmt(tr['torch'])}")
+                    print(f"  pytorch:  {fmt(tr['torch'])}  (TF32 off: float32 as CuPy)")
                     print(f"  ratio portacnn/pytorch: {fmt(tr['ratio_portacnn_over_torch'], 'x')}"
                           f"  (first-epoch loss {tr['portacnn_loss_first_epoch']:.4f} vs "
                           f"{tr['torch_loss_first_epoch']:.4f})")

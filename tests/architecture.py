@@ -358,3 +358,23 @@ def cross_test_imports(path: str, tree: ast.Module) -> list[str]:
             if top == "conftest" or top.startswith("test_"):
                 found.append(f"{path}:{node.lineno}: imports {name}")
     return found
+
+
+def late_module_skips(path: str, tree: ast.Module) -> list[str]:
+    """Module-level ``pytest.importorskip(...)`` / ``pytest.skip(...)`` calls that come after a
+    test of the file: they skip the tests above them too, wherever the package is missing. A
+    module whose every test needs the package says so before its first test; otherwise the
+    tests that need it ask for it themselves (a fixture or a call inside the test)."""
+    found, first_test = [], None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith(
+                "test") and first_test is None:
+            first_test = node.lineno
+        calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and n.func.attr in ("importorskip", "skip")
+                 ] if isinstance(node, (ast.Assign, ast.Expr, ast.AnnAssign)) else []
+        for call in calls:
+            if first_test is not None:
+                found.append(f"{path}:{call.lineno}: pytest.{call.func.attr} after the test at "
+                             f"line {first_test} skips it too")
+    return found

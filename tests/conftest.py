@@ -47,6 +47,13 @@ def host_rng():
 
 
 @pytest.fixture
+def torch():
+    """PyTorch as a test oracle: a test that asks for it skips where torch is not installed,
+    and only that test."""
+    return pytest.importorskip("torch", reason="torch is not installed (optional oracle)")
+
+
+@pytest.fixture
 def hide_module(monkeypatch):
     """``hide_module("torch")``: imports of that package (and its submodules) raise ImportError
     for the rest of the test, as on a machine where it is not installed."""

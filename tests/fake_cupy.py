@@ -4,7 +4,11 @@
 test puts it in ``sys.modules`` (``monkeypatch.setitem(sys.modules, "cupy", fake_cupy(...))``)
 so that ``get_backend("gpu")`` imports it as it would the real one. ``INSUFFICIENT``,
 ``NO_NVRTC`` and ``NO_CUBLAS`` are the errors CuPy raises for an old driver, a missing NVRTC
-and a missing cuBLAS.
+and a missing cuBLAS; ``OUT_OF_MEMORY``, ``POOL_OUT_OF_MEMORY``, ``BUSY`` and
+``DRIVER_MISMATCH`` those for a full GPU (the CUDA runtime's and CuPy's memory pool's), a GPU in
+exclusive-process mode held by another process, and a kernel module that does not match the
+driver's library. ``broken_cupy(folder)`` writes a ``cupy`` package that fails to import as a
+mixed install does.
 """
 
 from __future__ import annotations
@@ -107,3 +111,35 @@ NO_NVRTC = RuntimeError('DynamicLibNotFoundError: Failure finding "libnvrtc.so.1
                         'libnvrtc.so.12: cannot open shared object file')
 NO_CUBLAS = ImportError("libcublasLt.so.12: cannot open shared object file: No such file or "
                         "directory")
+
+
+class OutOfMemoryError(MemoryError):
+    """As ``cupy.cuda.memory.OutOfMemoryError``: the memory pool could not allocate."""
+
+
+OUT_OF_MEMORY = CUDARuntimeError("cudaErrorMemoryAllocation: out of memory")
+POOL_OUT_OF_MEMORY = OutOfMemoryError("Out of memory allocating 512 bytes (allocated so far: "
+                                      "79,456,321,536 bytes).")
+BUSY = CUDARuntimeError("cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or "
+                        "unavailable")
+DRIVER_MISMATCH = CUDARuntimeError("cudaErrorSystemDriverMismatch: system has unsupported "
+                                   "display driver / cuda driver combination")
+
+# What `import cupy` says when cupy-cuda12x and cupy-cuda13x share site-packages: the second
+# wheel overwrote part of the first, so CuPy's core fails to load and CuPy says why.
+MIXED_INSTALL_ERROR = ("CuPy failed to load libnvrtc.so.13: OSError: libnvrtc.so.13: cannot "
+                       "open shared object file: No such file or directory")
+
+
+def broken_cupy(folder):
+    """Write a ``cupy`` package under ``folder`` whose import warns of several CuPy packages and
+    then fails with CuPy's own diagnosis, as a mixed cupy-cuda12x / cupy-cuda13x install does;
+    put ``folder`` on ``sys.path`` (``monkeypatch.syspath_prepend``) to import it."""
+    package = folder / "cupy"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import warnings\n"
+        "warnings.warn('CuPy may not function correctly because multiple CuPy packages are '\n"
+        "              'installed in your environment: cupy-cuda12x, cupy-cuda13x')\n"
+        f"raise ImportError({MIXED_INSTALL_ERROR!r})\n")
+    return folder

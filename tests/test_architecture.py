@@ -26,8 +26,8 @@ import pytest
 
 from architecture import (DESIGN, PACKAGE, array_library_imports, backend_name_comparisons,
                           crossings, cross_test_imports, cycles, design_floors, import_graph,
-                          parse_floors, read_files, read_modules, stale_entries, string_lookups,
-                          unplaced_modules)
+                          late_module_skips, parse_floors, read_files, read_modules,
+                          stale_entries, string_lookups, unplaced_modules)
 
 
 @functools.cache
@@ -98,6 +98,14 @@ def test_test_modules_share_helpers_not_each_other():
                "fixtures from conftest.py by name, never from another test module or conftest",
                [hit for path, source in read_files("tests").items()
                 for hit in cross_test_imports(path, ast.parse(source, path))])
+
+
+def test_no_module_level_skip_reaches_back_over_tests_above_it():
+    _fail_with("a module-level importorskip after a test skips every test of the module where "
+               "the package is missing; put it above the first test (every test needs it) or in "
+               "the tests that need it (a fixture)",
+               [hit for path, source in read_files("tests").items()
+                for hit in late_module_skips(path, ast.parse(source, path))])
 
 
 def test_the_scanner_sees_the_package_and_the_floors():
@@ -218,3 +226,11 @@ def test_a_test_module_importing_another_or_conftest_is_caught():
     assert cross_test_imports("tests/test_x.py", ast.parse(source)) == [
         "tests/test_x.py:1: imports conftest", "tests/test_x.py:2: imports test_kernels",
         "tests/test_x.py:8: imports test_model"]
+
+
+def test_a_module_level_skip_below_a_test_is_caught():
+    source = ("import pytest\nnp = pytest.importorskip('numpy')\n\n\ndef test_a():\n    pass\n"
+              "\n\ntorch = pytest.importorskip('torch')\n\n\ndef test_b():\n"
+              "    pytest.importorskip('jax')\n")
+    assert late_module_skips("tests/test_x.py", ast.parse(source)) == [
+        "tests/test_x.py:9: pytest.importorskip after the test at line 5 skips it too"]

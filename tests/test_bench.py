@@ -126,3 +126,49 @@ def test_peak_memory_is_a_peak_not_what_is_left():
         del big
     peak = bench._peak_bytes(burst, get_backend("cpu"))
     assert peak >= 32_000_000
+
+
+def test_the_data_parallel_clock_starts_after_the_shuffled_copy_is_on_the_device(monkeypatch):
+    """The shuffled epoch is copied to the device before _run_timed; on a GPU that copy may
+    still be running when the clock would start: every device is synchronised first, and again
+    before the clock is read."""
+    calls = []
+
+    class Comm:
+        rank = 0
+
+        def Barrier(self):
+            calls.append("barrier")
+
+        def Ibarrier(self):
+            return type("Request", (), {"Test": lambda self: True})()
+
+        def bcast(self, value, root=0):
+            return value
+
+    clock = iter([10.0, 12.5])
+
+    def perf_counter():
+        calls.append("clock")
+        return next(clock)
+
+    monkeypatch.setattr(bench.time, "perf_counter", perf_counter)
+    seconds = bench._run_timed(Comm(), lambda: calls.append("work"), True,
+                               lambda: calls.append("sync"))
+    assert seconds == 2.5
+    assert calls == ["barrier", "sync", "clock", "work", "sync", "clock"]
+
+
+def test_the_pytorch_peer_computes_float32_without_tf32_as_cupy_does():
+    """PyTorch lets cuDNN (and may let cuBLAS) use TF32 for float32 on Ampere and newer GPUs;
+    CuPy does not: the peer turns it off, so speed and loss compare like with like."""
+    from types import SimpleNamespace
+
+    matmul = SimpleNamespace(allow_tf32=True)
+    cudnn = SimpleNamespace(allow_tf32=True)
+    torch = SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=matmul),
+                                                     cudnn=cudnn),
+                            device=lambda name: SimpleNamespace(type=name.split(":")[0]))
+    peer = bench.Peer(torch, _FakeGPU())
+    assert matmul.allow_tf32 is False and cudnn.allow_tf32 is False
+    assert peer.device.type == "cuda" and peer.tf32 is False

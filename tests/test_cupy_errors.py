@@ -16,9 +16,11 @@ import pytest
 
 from portacnn.backends import CupyBackend, DeviceError, NoDeviceError, get_backend
 from portacnn.backends import cupy_doctor
-from portacnn.backends.cupy_doctor import check_libraries, nvidia_driver_signs, smoke_test
+from portacnn.backends.cupy_doctor import (check_libraries, cupy_distributions,
+                                           nvidia_driver_signs, smoke_test)
 
-from fake_cupy import INSUFFICIENT, NO_CUBLAS, NO_NVRTC, fake_cupy
+from fake_cupy import (BUSY, DRIVER_MISMATCH, INSUFFICIENT, MIXED_INSTALL_ERROR, NO_CUBLAS,
+                       NO_NVRTC, OUT_OF_MEMORY, POOL_OUT_OF_MEMORY, broken_cupy, fake_cupy)
 from helpers import make_backend
 
 
@@ -91,6 +93,95 @@ def test_without_cupy_a_machine_with_no_gpu_is_told_so_before_any_install(monkey
         assert "installing CuPy cannot help" in message and "device='cpu'" in message
 
 
+@pytest.mark.parametrize("spec,kwargs,expected", [
+    ("gpu", dict(elementwise=OUT_OF_MEMORY),
+     ["cudaErrorMemoryAllocation", "cuda:0 is out of memory", "nvidia-smi", "smaller batch"]),
+    ("cuda:1", dict(count=2, matmul=POOL_OUT_OF_MEMORY),
+     ["OutOfMemoryError: Out of memory allocating", "cuda:1 is out of memory", "cuda:0"]),
+    ("gpu", dict(count=2, elementwise=BUSY),
+     ["cudaErrorDevicesUnavailable", "cuda:0 is busy", "exclusive-process compute mode",
+      "nvidia-smi -i 0 -c DEFAULT", "another device (cuda:1)"]),
+    ("gpu", dict(count_error=DRIVER_MISMATCH),
+     ["cudaErrorSystemDriverMismatch", "NVIDIA kernel module", "Driver/library version mismatch",
+      "reboot"]),
+], ids=["out-of-memory", "pool-out-of-memory", "busy-exclusive", "driver-mismatch"])
+def test_a_full_busy_or_mismatched_gpu_is_not_told_to_install_anything(install_fake, spec,
+                                                                       kwargs, expected):
+    """Out of memory, a GPU held by another process in exclusive mode and a kernel module that
+    does not match the driver's library have their own fixes: installing an extra fixes none."""
+    install_fake(**kwargs)
+    with pytest.raises(DeviceError) as info:
+        get_backend(spec)
+    message = str(info.value)
+    assert not isinstance(info.value, NoDeviceError)
+    assert "CuPy 14.2.0" in message and "pip install" not in message, message
+    for pattern in expected:
+        assert pattern in message, (pattern, message)
+
+
+@pytest.mark.parametrize("installed", [["cupy-cuda12x", "cupy-cuda13x"], ["cupy-cuda12x"]],
+                         ids=["two-cupys", "one-cupy"])
+def test_a_cupy_that_fails_to_import_is_shown_not_called_missing(monkeypatch, tmp_path,
+                                                                   installed):
+    """An installed CuPy that cannot import (here two CuPy wheels in one environment, as after
+    pip install ".[gpu]" where cupy-cuda13x was already there) shows CuPy's own diagnosis and
+    what to uninstall, not "cupy is not installed"."""
+    monkeypatch.syspath_prepend(str(broken_cupy(tmp_path)))
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(cupy_doctor, "nvidia_driver_signs", lambda: ["/dev/nvidia0"])
+    monkeypatch.setattr(cupy_doctor, "cupy_distributions", lambda: installed)
+    with pytest.raises(DeviceError) as info:
+        get_backend("gpu")
+    message = str(info.value)
+    assert not isinstance(info.value, NoDeviceError)
+    assert "not installed" not in message
+    assert message.startswith("CuPy is installed but fails to import: ")
+    assert MIXED_INSTALL_ERROR in message
+    if len(installed) > 1:
+        assert "several CuPy packages are installed (cupy-cuda12x, cupy-cuda13x)" in message
+        assert "pip uninstall -y cupy-cuda12x cupy-cuda13x" in message
+        assert "multiple CuPy packages" in message          # CuPy's own warning, shown too
+    else:
+        assert "pip install --force-reinstall cupy-cuda12x" in message
+    [row] = check_libraries()
+    assert row["library"] == "CuPy" and not row["ok"] and MIXED_INSTALL_ERROR in row["detail"]
+    assert "not installed" not in row["detail"]
+
+
+def test_cupy_packages_are_read_from_the_installed_distributions(monkeypatch):
+    import importlib.metadata
+    import types
+
+    names = ["numpy", "cupy-cuda13x", "cupy_cuda12x", "cupyx-tools", "Cupy", None]
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [
+        types.SimpleNamespace(metadata={"Name": n} if n else {}) for n in names])
+    assert cupy_distributions() == ["cupy", "cupy-cuda12x", "cupy-cuda13x"]
+
+
+def test_the_gpu_extras_pin_cuda_libraries_cupy_14_documents():
+    """CuPy 14's install guide lists the CUDA Toolkits it supports (12.0 to 12.9 but no 12.7,
+    13.0 and 13.1); NVIDIA's wheels go further (cuda-toolkit 13.5 exists): the extras must not
+    pull a CUDA minor CuPy does not document, nor a CuPy other than 14."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    documented = {(12, m) for m in (0, 1, 2, 3, 4, 5, 6, 8, 9)} | {(13, 0), (13, 1)}
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    for name in ("gpu", "gpu-cuda12", "gpu-cuda13"):
+        reqs = {Requirement(r).name: Requirement(r) for r in extras[name]}
+        [cupy] = [n for n in reqs if n.startswith("cupy-cuda")]
+        major = int(cupy[len("cupy-cuda"):-1])
+        assert not reqs[cupy].specifier.contains("15.0.0") and reqs[cupy].specifier.contains(
+            "14.2.0"), (name, str(reqs[cupy]))
+        allowed = {(major, m) for m in range(12)
+                   if reqs["cuda-toolkit"].specifier.contains(f"{major}.{m}.0")}
+        assert allowed and allowed <= documented, (name, sorted(allowed - documented))
+        assert reqs["cuda-toolkit"].extras == {"cublas", "cudart", "nvrtc"}
+
+
 def test_the_driver_is_found_by_its_files_its_tool_or_its_library(monkeypatch, tmp_path):
     import ctypes.util
 
@@ -126,6 +217,46 @@ def test_library_check_needs_no_gpu_and_names_what_is_missing(install_fake, monk
     assert not rows["cuBLAS"]["ok"] and 'pip install "portacnn[gpu]"' in rows["cuBLAS"]["detail"]
     driver = rows["NVIDIA driver"]
     assert driver["ok"] is None and "none installed" in driver["detail"]
+
+
+def _libs_package(monkeypatch, cupy14, cublas_loads=True):
+    """``cupy_backends.cuda.libs`` as CuPy 13 ships it (a plain package: ``cublas`` is a
+    submodule to import, linked against libcublas.so.N) or as CuPy 14 does (its
+    ``__getattr__`` loads libcublas through cuda-pathfinder first, raising ImportError where it
+    is missing)."""
+    import types
+
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.__path__ = []
+    if cupy14:
+        def getattr_(name):
+            if name != "cublas":
+                raise AttributeError(name)
+            if not cublas_loads:
+                raise ImportError('Failure finding "libcublas.so.12"')
+            return cublas
+        libs.__getattr__ = getattr_
+    for name, module in (("cupy_backends", types.ModuleType("cupy_backends")),
+                         ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                         ("cupy_backends.cuda.libs", libs)):
+        module.__path__ = []
+        monkeypatch.setitem(sys.modules, name, module)
+    if cublas_loads:
+        monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
+    else:
+        monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", None)
+
+
+@pytest.mark.parametrize("cupy14", [False, True], ids=["cupy13", "cupy14"])
+def test_library_check_finds_cublas_on_cupy_13_and_14(install_fake, monkeypatch, cupy14):
+    install_fake()
+    _libs_package(monkeypatch, cupy14)
+    rows = {row["library"]: row for row in check_libraries()}
+    assert rows["cuBLAS"]["ok"], rows["cuBLAS"]
+    _libs_package(monkeypatch, cupy14, cublas_loads=False)
+    rows = {row["library"]: row for row in check_libraries()}
+    assert not rows["cuBLAS"]["ok"] and "pip install" in rows["cuBLAS"]["detail"]
 
 
 def test_library_check_without_cupy_says_what_to_install(monkeypatch):
@@ -184,3 +315,16 @@ def test_memory_peak_is_the_pools_highest_use_not_its_size_after():
         allocator["fn"](100)
     assert peak.bytes == 300
     assert allocator["fn"] == pool.malloc      # the allocator is restored
+
+
+def test_a_library_path_is_read_from_the_process_maps_without_cuda_pathfinder(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 08:01 1 /usr/local/cuda/lib64/libcublasLt.so.12.4.5.8\n"
+        "7f01-7f02 r-xp 00000000 08:01 2 /usr/local/cuda/lib64/libcublas.so.12.4.5.8\n"
+        "7f02-7f03 rw-p 00000000 00:00 0 \n")
+    assert cupy_doctor._mapped_library("cublas", str(maps)) == \
+        "/usr/local/cuda/lib64/libcublas.so.12.4.5.8"
+    assert cupy_doctor._mapped_library("cublasLt", str(maps)).endswith("libcublasLt.so.12.4.5.8")
+    assert cupy_doctor._mapped_library("nvrtc", str(maps)) is None
+    assert cupy_doctor._mapped_library("cublas", str(tmp_path / "absent")) is None

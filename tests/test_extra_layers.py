@@ -217,18 +217,18 @@ def test_batchnorm_training_agrees_across_backends(backend, dtype):
 
 # --- PyTorch as the oracle ------------------------------------------------------------------
 
-torch = pytest.importorskip("torch", reason="torch is not installed (optional oracle)")
-F = torch.nn.functional
+# Each test asks for the ``torch`` fixture (tests/conftest.py): only these skip without it.
 
 
-def _t(a):
+def _t(torch, a):
     return torch.tensor(a, dtype=torch.float64, requires_grad=True)
 
 
-def test_min_pool_matches_torch_max_pool_of_negated(core_backend, host_rng):
+def test_min_pool_matches_torch_max_pool_of_negated(core_backend, host_rng, torch):
+    F = torch.nn.functional
     x = host_rng.normal(size=(2, 3, 9, 8))
     x[0, 0, :4, :4] = 1.0                        # ties
-    tx = _t(x)
+    tx = _t(torch, x)
     ty = -F.max_pool2d(-tx, 3, stride=2, padding=1)
     dy = host_rng.normal(size=tuple(ty.shape))
     ty.backward(torch.tensor(dy))
@@ -237,9 +237,9 @@ def test_min_pool_matches_torch_max_pool_of_negated(core_backend, host_rng):
     assert_close(K.min_pool2d_backward(core_backend.asarray(dy), cache), tx.grad.numpy())
 
 
-def test_upsample_matches_torch(core_backend, host_rng):
+def test_upsample_matches_torch(core_backend, host_rng, torch):
     x = host_rng.normal(size=(2, 3, 4, 5))
-    tx = _t(x)
+    tx = _t(torch, x)
     ty = torch.nn.Upsample(scale_factor=(2, 3), mode="nearest")(tx)
     dy = host_rng.normal(size=tuple(ty.shape))
     ty.backward(torch.tensor(dy))
@@ -249,7 +249,8 @@ def test_upsample_matches_torch(core_backend, host_rng):
 
 
 @pytest.mark.parametrize("dims", [2, 1])
-def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend, host_rng, dims):
+def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend, host_rng, dims,
+                                                                   torch):
     shape = (6, 3, 5, 4) if dims == 2 else (9, 3)
     tbn = (torch.nn.BatchNorm2d if dims == 2 else torch.nn.BatchNorm1d)(3, momentum=0.1).double()
     with torch.no_grad():
@@ -260,7 +261,7 @@ def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend,
     ours.params["bias"] = core_backend.asarray(tbn.bias.detach().numpy())
     for step in range(4):                        # running statistics after several steps
         x = host_rng.normal(size=shape) * (step + 1) + step
-        tx = _t(x)
+        tx = _t(torch, x)
         ty = tbn(tx)
         dy = host_rng.normal(size=shape)
         ty.backward(torch.tensor(dy))
@@ -279,10 +280,11 @@ def test_batchnorm_matches_torch_train_and_eval_with_running_stats(core_backend,
     assert_close(ours.forward(core_backend.asarray(x)), tbn(torch.tensor(x)).detach().numpy())
 
 
-def test_replicate_padding_matches_torch_pad(core_backend, host_rng):
+def test_replicate_padding_matches_torch_pad(core_backend, host_rng, torch):
+    F = torch.nn.functional
     x = host_rng.normal(size=(2, 2, 6, 7))
     w = host_rng.normal(size=(3, 2, 3, 3))
-    tx, tw = _t(x), _t(w)
+    tx, tw = _t(torch, x), _t(torch, w)
     ty = F.conv2d(F.pad(tx, (2, 2, 1, 1), mode="replicate"), tw, stride=(1, 2))
     dy = host_rng.normal(size=tuple(ty.shape))
     ty.backward(torch.tensor(dy))
@@ -292,7 +294,7 @@ def test_replicate_padding_matches_torch_pad(core_backend, host_rng):
     dx, dw, _ = K.conv2d_backward(core_backend.asarray(dy), core_backend.asarray(w), cache)
     assert_close(dx, tx.grad.numpy())
     assert_close(dw, tw.grad.numpy())
-    tx2 = _t(x)
+    tx2 = _t(torch, x)
     tp = F.avg_pool2d(F.pad(tx2, (1, 1, 1, 1), mode="replicate"), 3, stride=2)
     tp.backward(torch.ones_like(tp))
     yp, pc = K.avg_pool2d_forward(core_backend.asarray(x), 3, 2, 1, "replicate")
