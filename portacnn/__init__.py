@@ -12,16 +12,18 @@ and array_api_strict; the backend is chosen in :mod:`portacnn.backends` and nowh
 from . import backends, data, kernels, models, optim
 from .backends import Backend, DeviceError, get_backend
 from .checkpoint import CheckpointError
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Conv2D, Dense, Dropout, Flatten,
-                     Layer, MaxPool2D, MinPool2D, Parameter, ReLU, Sigmoid, Tanh, Upsample2D)
+from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Concatenate, Conv2D, Dense,
+                     Dropout, Flatten, Identity, Input, Layer, MaxPool2D, MinPool2D, Parameter,
+                     ReLU, Sigmoid, SymbolicTensor, Tanh, Upsample2D)
 from .model import Sequential, load
 from .training import History
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError", "Conv2D",
-    "Dense", "DeviceError", "Dropout", "Flatten", "History", "Layer", "MaxPool2D", "MinPool2D",
-    "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "Upsample2D", "backends", "data",
+    "Add", "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError",
+    "Concatenate", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "History", "Identity",
+    "Input", "Layer", "MaxPool2D", "MinPool2D", "Parameter", "ReLU", "Sequential", "Sigmoid",
+    "SymbolicTensor", "Tanh", "Upsample2D", "backends", "data",
     "get_backend", "kernels", "load", "models", "optim", "__version__",
 ]

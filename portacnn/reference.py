@@ -17,7 +17,8 @@ from .scalars import is_int
 __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_pool2d_backward",
            "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dense",
            "dense_backward", "softmax_cross_entropy", "mse", "upsample_nearest",
-           "upsample_nearest_backward", "batchnorm_train", "pad_replicate"]
+           "upsample_nearest_backward", "batchnorm_train", "pad_replicate", "add",
+           "concatenate", "concatenate_backward"]
 
 
 def _two(v):
@@ -256,3 +257,46 @@ def softmax_cross_entropy(logits, labels):
 def mse(pred, target):
     """Mean of the squared differences."""
     return float(np.mean((np.asarray(pred) - np.asarray(target)) ** 2))
+
+
+def add(xs):
+    """y[i] = sum over the inputs k of xs[k][i], element by element."""
+    y = np.zeros_like(xs[0])
+    for index in np.ndindex(*y.shape):
+        y[index] = sum(x[index] for x in xs)
+    return y
+
+
+def concatenate(xs, axis):
+    """y along ``axis``: the slices of xs[0], then those of xs[1], ..., copied one by one."""
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    y = np.zeros(shape, dtype=xs[0].dtype)
+    offset = 0
+    for x in xs:
+        for i in range(x.shape[axis]):
+            target = [slice(None)] * y.ndim
+            target[axis] = offset + i
+            source = [slice(None)] * x.ndim
+            source[axis] = i
+            y[tuple(target)] = x[tuple(source)]
+        offset += x.shape[axis]
+    return y
+
+
+def concatenate_backward(dy, sizes, axis):
+    """Each input's gradient: the slices of dy along ``axis`` that its values were copied to."""
+    pieces, offset = [], 0
+    for size in sizes:
+        shape = list(dy.shape)
+        shape[axis] = size
+        dx = np.zeros(shape, dtype=dy.dtype)
+        for i in range(size):
+            target = [slice(None)] * dy.ndim
+            target[axis] = i
+            source = [slice(None)] * dy.ndim
+            source[axis] = offset + i
+            dx[tuple(target)] = dy[tuple(source)]
+        pieces.append(dx)
+        offset += size
+    return pieces

@@ -22,6 +22,7 @@ from .cpu import CpuKernels
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import mse, one_hot, softmax_cross_entropy
+from .merge import add_backward, add_forward, concatenate_backward, concatenate_forward
 from .pooling import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                       max_pool2d_forward, min_pool2d_backward, min_pool2d_forward)
 from .sets import Kernels
@@ -29,8 +30,9 @@ from .shapes import Geometry, geometry
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [
-    "CpuKernels", "Geometry", "Kernels", "avg_pool2d_backward", "avg_pool2d_forward",
-    "batchnorm_backward", "batchnorm_forward", "col2im", "conv2d_backward", "conv2d_forward",
+    "CpuKernels", "Geometry", "Kernels", "add_backward", "add_forward", "avg_pool2d_backward",
+    "avg_pool2d_forward", "batchnorm_backward", "batchnorm_forward", "col2im",
+    "concatenate_backward", "concatenate_forward", "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "geometry",
     "im2col", "log_softmax", "max_pool2d_backward", "max_pool2d_forward",
     "min_pool2d_backward", "min_pool2d_forward", "mse", "one_hot", "relu", "relu_backward",

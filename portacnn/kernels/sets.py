@@ -20,7 +20,7 @@ one set of operations over flat arrays).
 
 from __future__ import annotations
 
-from . import activations, batchnorm, conv, dense, dropout, losses, pooling, upsample
+from . import activations, batchnorm, conv, dense, dropout, losses, merge, pooling, upsample
 
 __all__ = ["Kernels"]
 
@@ -55,6 +55,11 @@ class Kernels:
     batchnorm_backward = staticmethod(batchnorm.batchnorm_backward)
     dropout_forward = staticmethod(dropout.dropout_forward)
     dropout_backward = staticmethod(dropout.dropout_backward)
+    # merging tensors of a graph model (:mod:`.merge`)
+    add_forward = staticmethod(merge.add_forward)
+    add_backward = staticmethod(merge.add_backward)
+    concatenate_forward = staticmethod(merge.concatenate_forward)
+    concatenate_backward = staticmethod(merge.concatenate_backward)
     # activations (:mod:`.activations`)
     relu = staticmethod(activations.relu)
     relu_backward = staticmethod(activations.relu_backward)

@@ -23,7 +23,10 @@ Where each layer lives:
 * :mod:`.dense`: :class:`Dense`, :class:`Flatten`;
 * :mod:`.normalization`: :class:`BatchNorm2D`, :class:`BatchNorm1D`;
 * :mod:`.activations`: :class:`ReLU`, :class:`Tanh`, :class:`Sigmoid`;
-* :mod:`.dropout`: :class:`Dropout`.
+* :mod:`.dropout`: :class:`Dropout`;
+* :mod:`.merge`: :class:`Add`, :class:`Concatenate` (several inputs), :class:`Identity`;
+* :mod:`.symbolic`: :func:`Input` and :class:`SymbolicTensor`, what calling a layer on a
+  symbolic tensor records for a graph model (:class:`portacnn.Model`).
 
 Every public name is importable from here (``from portacnn.layers import Conv2D``), and
 :data:`LAYERS` maps each layer class's name to the class (checkpoints rebuild models from it).
@@ -41,14 +44,17 @@ from .base import Buffer, Layer, Parameter
 from .conv import Conv2D
 from .dense import Dense, Flatten
 from .dropout import Dropout
+from .merge import Add, Concatenate, Identity
 from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import AvgPool2D, MaxPool2D, MinPool2D
+from .symbolic import Input, SymbolicTensor
 from .upsample import Upsample2D
 
 __all__ = ["Parameter", "Buffer", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D",
            "Upsample2D", "BatchNorm2D", "BatchNorm1D", "Dense", "Flatten", "ReLU", "Tanh",
-           "Sigmoid", "Dropout", "LAYERS"]
+           "Sigmoid", "Dropout", "Add", "Concatenate", "Identity", "Input", "SymbolicTensor",
+           "LAYERS"]
 
 LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, MinPool2D, AvgPool2D, Upsample2D,
                                         BatchNorm2D, BatchNorm1D, Dense, Flatten, ReLU, Tanh,
-                                        Sigmoid, Dropout)}
+                                        Sigmoid, Dropout, Add, Concatenate, Identity)}

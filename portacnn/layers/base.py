@@ -15,6 +15,7 @@ import contextlib
 import math
 
 from ..backends import Backend, PortableRNG, backend_of, get_backend
+from .symbolic import call_symbolic, is_symbolic
 
 
 class _LayerArray:
@@ -91,9 +92,17 @@ class Layer:
         samples_independent: True when each sample's output depends on that sample alone and
             no random numbers are drawn (False for batch norm and dropout), so a batch may be
             processed in chunks with the same result.
+        multiple_inputs: True for a layer that merges several tensors (:class:`~.merge.Add`,
+            :class:`~.merge.Concatenate`): its forward takes a list, its backward returns one
+            gradient per input, and its shapes are lists of per-sample shapes.
+
+    Calling a layer, ``layer(x)``, is ``forward(x)`` on an array; on a symbolic tensor
+    (:func:`portacnn.Input` or another layer's call) it records the call for a graph model,
+    :class:`portacnn.Model` (see :mod:`.symbolic`).
     """
 
     samples_independent = True
+    multiple_inputs = False
 
     def __init__(self, *, dtype: str | None = None, name: str | None = None):
         if dtype not in (None, "float32", "float64"):
@@ -230,7 +239,10 @@ class Layer:
         with self.backend.activate():
             return self._backward(dy)
 
-    __call__ = forward
+    def __call__(self, x):
+        if is_symbolic(x):
+            return call_symbolic(self, x)
+        return self.forward(x)
 
     def describe(self) -> str:
         """A few words on the layer's settings for ``summary()`` (e.g. ``"5x5, stride 1"``)."""

@@ -85,6 +85,10 @@ class Sequential:
         """
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential takes portacnn layers, got {type(layer).__name__}")
+        if layer.multiple_inputs:
+            raise TypeError(f"{layer.name} merges several tensors, which a Sequential model "
+                            "does not have: build the network as a graph, portacnn.Model(inputs, "
+                            "outputs)")
         if self.built:
             raise RuntimeError("the model is already built: add every layer before build()")
         if layer.requested_dtype not in (None, self.dtype_name):
