@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError
 from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Concatenate, Conv2D, Dense,
                      Dropout, Flatten, Identity, Input, Layer, MaxPool2D, MinPool2D, Parameter,
                      ReLU, Sigmoid, SymbolicTensor, Tanh, Upsample2D)
-from .model import Sequential, load
+from .model import Model, Sequential, load
 from .training import History
 
 __version__ = "0.2.0"
@@ -23,7 +23,7 @@ __version__ = "0.2.0"
 __all__ = [
     "Add", "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError",
     "Concatenate", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "History", "Identity",
-    "Input", "Layer", "MaxPool2D", "MinPool2D", "Parameter", "ReLU", "Sequential", "Sigmoid",
-    "SymbolicTensor", "Tanh", "Upsample2D", "backends", "data",
-    "get_backend", "kernels", "load", "models", "optim", "__version__",
+    "Input", "Layer", "MaxPool2D", "MinPool2D", "Model", "Parameter", "ReLU", "Sequential",
+    "Sigmoid", "SymbolicTensor", "Tanh", "Upsample2D", "backends", "data", "get_backend",
+    "kernels", "load", "models", "optim", "__version__",
 ]

@@ -148,10 +148,9 @@ def plot_feature_maps(model, image, path=None, max_channels: int = 16):
     try:                               # the layers run on the model's device (cuda:N)
         with model.backend.activate():
             h = model.backend.asarray(x, dtype=model.dtype_name)
-            for layer in model.layers:
-                h = layer._forward(h)
+            for layer, out in model.activations(h):    # in order, for a graph too
                 if isinstance(layer, (Conv2D, MaxPool2D, MinPool2D, AvgPool2D)):
-                    rows.append((layer.name, to_numpy(h)[0]))
+                    rows.append((layer.name, to_numpy(out)[0]))
     finally:
         model.train(was_training)
     if not rows:

@@ -127,6 +127,8 @@ def test_declared_shapes_are_the_shapes_every_layer_builds():
         "BatchNorm2D": ((2, 6, 6), {}), "BatchNorm1D": ((5,), {}),
         "Dense": ((5,), dict(out_features=4)), "Flatten": ((2, 6, 6), {}),
         "ReLU": ((5,), {}), "Tanh": ((5,), {}), "Sigmoid": ((5,), {}), "Dropout": ((5,), {}),
+        "Add": ([(2, 6, 6), (2, 6, 6)], {}), "Concatenate": ([(2, 6, 6), (3, 6, 6)], {}),
+        "Identity": ((5,), {}),
     }
     assert set(made) == set(LAYERS)
     for name, (shape, kwargs) in made.items():

@@ -38,7 +38,8 @@ class DataParallel:
     """A model replicated on every process of ``comm``, trained on rank shards of each batch.
 
     Args:
-        model: a built :class:`~portacnn.Sequential`, the same architecture on every process
+        model: a built :class:`~portacnn.Sequential` or :class:`~portacnn.Model`, the same
+            architecture on every process
             (its parameters and buffers are replaced by rank 0's here).
         comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
         cuda_aware: hand device buffers to MPI's blocking collectives without a host copy

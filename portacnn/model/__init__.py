@@ -1,13 +1,20 @@
-"""The model: :class:`Sequential`, the container of layers, and :func:`load`.
+"""The models: :class:`Sequential` (layers in order), :class:`Model` (layers in a graph), and
+:func:`load`.
 
-- :mod:`.sequential`: ``Sequential``: layers in order, shape inference, the parameters made
-  once at build, forward / backward, devices, ``fit`` / ``evaluate`` / ``predict`` (which hand
-  the model to :mod:`portacnn.training`) and ``save``;
-- :mod:`.summary`: the table ``Sequential.summary`` prints;
+- :mod:`.base`: ``ModelBase``, what both share: device, dtype, optimizer, the parameters made
+  once at build, modes, ``to``, the input check, ``summary``, ``save`` and ``fit`` /
+  ``evaluate`` / ``predict`` / ``train_step`` (which hand the model to
+  :mod:`portacnn.training`);
+- :mod:`.sequential`: ``Sequential``: layers in order, shape inference, forward / backward;
+- :mod:`.graph`: ``Model``: layers called on symbolic tensors (``portacnn.Input``), Keras's
+  functional API: skip connections, branches, shared layers;
+- :mod:`.summary`: the table ``summary`` prints;
 - :mod:`.loading`: :func:`load` a checkpoint and :func:`rebuild` a model from its description.
 """
 
+from .base import ModelBase
+from .graph import Model
 from .loading import load, rebuild
 from .sequential import Sequential
 
-__all__ = ["Sequential", "load", "rebuild"]
+__all__ = ["Model", "ModelBase", "Sequential", "load", "rebuild"]

@@ -1,4 +1,5 @@
-"""``Sequential.summary``'s table: each layer's name, settings, output shape and parameters."""
+"""A model's ``summary`` table: each layer's name, settings, output shape and parameters, and
+for a graph model the tensors each layer takes."""
 
 from __future__ import annotations
 
@@ -9,24 +10,29 @@ __all__ = ["summary_text"]
 
 def summary_text(model) -> str:
     """The summary of a built ``model`` as text: a header naming the backend, dtype and input
-    shape, one row per layer (name, settings, per-sample output shape ``(N, ...)``, parameter
-    count), the total, and the number of buffered values if any."""
-    rows = []
-    shape = model.input_shape
-    for i, layer in enumerate(model.layers):
-        shape = layer.output_shape(shape)
+    shape, one row per entry of ``model.summary_rows()`` (index, name, settings, per-sample
+    output shape ``(N, ...)``, parameter count, and an ``Inputs`` column where a row names
+    its inputs), the total, and the number of buffered values if any. A layer that appears
+    in several rows (one shared by several calls) counts its parameters in its first row."""
+    rows, counted, graph = [], set(), False
+    for i, layer, shape, inputs in model.summary_rows():
         label = layer.name if layer.name == type(layer).__name__ else (
             f"{layer.name} ({type(layer).__name__})")
+        params = "shared" if id(layer) in counted and layer.params else f"{layer.num_params():,}"
+        counted.add(id(layer))
+        graph = graph or inputs is not None
         rows.append((f"{i:>2} {label}", layer.describe(),
-                     "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params():,}"))
-    head = ("Layer", "Settings", "Output shape", "Params")
+                     "(N, " + ", ".join(map(str, shape)) + ")", params, inputs or ""))
+    head = ("Layer", "Settings", "Output shape", "Params", "Inputs")
+    if not graph:
+        head, rows = head[:4], [row[:4] for row in rows]
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(head)]
 
     def fmt(cells):
         return "  ".join(c.rjust(w) if k == 3 else c.ljust(w)
-                         for k, (c, w) in enumerate(zip(cells, widths)))
+                         for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    line = "-" * (sum(widths) + 6)
+    line = "-" * (sum(widths) + 2 * (len(widths) - 1))
     out = [f"{type(model).__name__} on {model.backend.description}, {model.dtype_name}, "
            f"input (N, {', '.join(map(str, model.input_shape))})", line, fmt(head), line]
     out += [fmt(r) for r in rows]

@@ -1,6 +1,7 @@
 """The training loop: one step, ``fit``, ``evaluate`` and ``predict``.
 
-These functions take any model with the container's interface (:class:`portacnn.Sequential`:
+These functions take any model with the containers' interface (:class:`portacnn.Sequential`,
+:class:`portacnn.Model`:
 ``layers``, ``backend``, ``build_for``, ``forward`` / ``backward``, ``parameters()``,
 ``train()`` / ``eval()``); ``Sequential.fit`` and friends call them. Everything here runs with
 the model's device current (``Backend.activate``).
