@@ -1,9 +1,8 @@
 """The training loop: one step, ``fit``, ``evaluate`` and ``predict``.
 
 These functions take any model with the containers' interface (:class:`portacnn.Sequential`,
-:class:`portacnn.Model`:
-``layers``, ``backend``, ``build_for``, ``forward`` / ``backward``, ``parameters()``,
-``train()`` / ``eval()``); ``Sequential.fit`` and friends call them. Everything here runs with
+:class:`portacnn.Model`: ``layers``, ``backend``, ``build_for``, ``forward`` / ``backward``,
+``parameters()``, ``train()`` / ``eval()``); the models' ``fit`` and friends call them. Everything here runs with
 the model's device current (``Backend.activate``).
 
 Each call takes the same steps before any work: check the arrays (:mod:`.checks`), build the
