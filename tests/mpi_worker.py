@@ -25,15 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, ReLU, Sequential, Tanh,
-                      distributed)
+from portacnn import (Add, AvgPool2D, Conv2D, Dense, Dropout, Flatten, Input, Model, ReLU,
+                      Sequential, Tanh, distributed)
 from portacnn.backends import to_numpy
 from portacnn.optim import SGD, Adam
 
 N, BATCH, EPOCHS = 201, 100, 3     # batches of 100, 100 and 1 rows: the last leaves rank 0 empty
 
 
-def network(dtype, dropout, seed=7, activation=Tanh, rate=0.5):
+def network(dtype, dropout, seed=7, activation=Tanh, rate=0.5, graph=False):
+    if graph:                  # a residual block: a graph model (portacnn.Model)
+        x = Input((1, 8, 8))
+        h = Tanh()(Conv2D(4, 3, padding=1)(x))
+        h = ReLU()(Add()([Conv2D(4, 3, padding=1)(h), h]))
+        return Model(x, Dense(10)(Flatten()(AvgPool2D(2)(h))), dtype=dtype, seed=seed)
     layers = [Conv2D(4, 3, padding=1), activation(), AvgPool2D(2), Flatten(), Dense(16), ReLU()]
     if dropout:
         layers.append(Dropout(rate))
@@ -60,12 +65,14 @@ def equivalence(outdir: Path) -> None:
     comm = distributed.world()
     results = {"size": comm.size}
     for name, dtype, dropout in (("float64", "float64", False), ("float32", "float32", False),
-                                 ("dropout", "float64", True)):
+                                 ("dropout", "float64", True), ("graph", "float64", False)):
         x, y = data(dtype)
-        alone = network(dtype, dropout)
+        graph = name == "graph"
+        alone = network(dtype, dropout, graph=graph)
         history_alone = alone.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
                                   optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0)
-        dp = distributed.DataParallel(network(dtype, dropout, seed=7 + 1000 * comm.rank))
+        dp = distributed.DataParallel(network(dtype, dropout, seed=7 + 1000 * comm.rank,
+                                              graph=graph))
         history = dp.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
                          optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2)
         loss, acc = dp.evaluate(x, y)
@@ -75,7 +82,7 @@ def equivalence(outdir: Path) -> None:
                                     for p in dp.model.parameters()])
         results[name] = {
             "parameters": largest_difference(dp.model, alone),
-            "moved": largest_difference(dp.model, network(dtype, dropout)),
+            "moved": largest_difference(dp.model, network(dtype, dropout, graph=graph)),
             "loss_history": max(abs(a - b) for a, b in zip(history["loss"],
                                                              history_alone["loss"])),
             "evaluate_loss": abs(loss - loss_alone), "evaluate_accuracy": abs(acc - acc_alone),

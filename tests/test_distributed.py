@@ -180,7 +180,8 @@ def equivalence(tmp_path_factory):
     return outdir, job, json.loads((outdir / "results.json").read_text())
 
 
-@pytest.mark.parametrize("case, tolerance", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("case, tolerance", [("float64", 1e-10), ("float32", 1e-5),
+                                             ("graph", 1e-10)])
 def test_two_processes_reach_the_one_process_parameters(equivalence, case, tolerance):
     _, _, results = equivalence
     got = results[case]
@@ -208,9 +209,10 @@ def test_evaluate_and_predict_shard_and_gather_in_order(equivalence):
 
 def test_only_rank_0_writes(equivalence):
     outdir, job, _ = equivalence
-    assert (outdir / "rank0" / "model.safetensors").exists()
+    assert (outdir / "rank0" / "model.safetensors").exists()           # the graph model
+    assert portacnn.load(outdir / "rank0" / "model.safetensors").architecture()["class"] == "Model"
     assert list((outdir / "rank1").iterdir()) == []
-    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 3       # one line a fit
+    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 4       # one line a fit
 
 
 @pytest.fixture(scope="module")
