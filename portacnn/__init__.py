@@ -13,8 +13,8 @@ from . import backends, data, kernels, models, optim
 from .backends import Backend, DeviceError, get_backend
 from .checkpoint import CheckpointError
 from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Concatenate, Conv2D, Dense,
-                     Dropout, Flatten, Identity, Input, Layer, MaxPool2D, MinPool2D, Parameter,
-                     ReLU, Sigmoid, SymbolicTensor, Tanh, Upsample2D)
+                     Dropout, Flatten, GlobalAvgPool2D, Identity, Input, Layer, MaxPool2D,
+                     MinPool2D, Parameter, ReLU, Sigmoid, SymbolicTensor, Tanh, Upsample2D)
 from .model import Model, Sequential, load
 from .training import History
 
@@ -22,8 +22,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Add", "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError",
-    "Concatenate", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "History", "Identity",
-    "Input", "Layer", "MaxPool2D", "MinPool2D", "Model", "Parameter", "ReLU", "Sequential",
-    "Sigmoid", "SymbolicTensor", "Tanh", "Upsample2D", "backends", "data", "get_backend",
-    "kernels", "load", "models", "optim", "__version__",
+    "Concatenate", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "GlobalAvgPool2D",
+    "History", "Identity", "Input", "Layer", "MaxPool2D", "MinPool2D", "Model", "Parameter",
+    "ReLU", "Sequential", "Sigmoid", "SymbolicTensor", "Tanh", "Upsample2D", "backends", "data",
+    "get_backend", "kernels", "load", "models", "optim", "__version__",
 ]

@@ -16,6 +16,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .models import MODELS
+
 __all__ = ["main", "train_parser"]
 
 
@@ -63,13 +65,15 @@ def _version() -> str:
 
 def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     """The options of ``train``; each help text ends with the option's default."""
-    p = _Parser(prog=prog, description="Train LeNet-5 on MNIST (the bundled sample by default).")
+    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the "
+                                       "bundled sample by default).")
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--device", default=None,
                    help="cpu (NumPy) or gpu / cuda:N (CuPy) (default: $PORTACNN_DEVICE or cpu)")
-    p.add_argument("--model", default="lenet5", choices=["lenet5", "lenet5-relu", "lenet5-bn"],
+    p.add_argument("--model", default="lenet5", choices=list(MODELS),
                    help="lenet5: tanh + average pooling; lenet5-relu: ReLU + max pooling; "
-                        "lenet5-bn: lenet5-relu with batch normalisation (default: %(default)s)")
+                        "lenet5-bn: lenet5-relu with batch normalisation; small_vgg: four 3x3 "
+                        "convolutions, two max poolings, one dense layer (default: %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=10,
                    help="passes over the training images (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
@@ -152,7 +156,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def train(args) -> int:
-    from . import data, distributed, models, optim
+    from . import data, distributed, optim
     from .allocator import keep_freed_memory
     from .backends import get_backend
 
@@ -182,7 +186,9 @@ def train(args) -> int:
     source = "bundled MNIST sample" if directory is None else f"MNIST in {directory}"
     print(f"device: {args.device or 'default'} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
-    model = models.MODELS[args.model](device=backend, dtype=args.dtype, seed=args.seed)
+    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
+    model = MODELS[args.model](input_shape=tuple(x_train.shape[1:]), device=backend,
+                               dtype=args.dtype, seed=args.seed)
     model.summary()
     runner = distributed.DataParallel(model) if parallel else model
     if parallel:
@@ -192,7 +198,6 @@ def train(args) -> int:
     opt = optim.SGD(lr, momentum=0.9) if args.optimizer == "sgd" else optim.get_optimizer(
         args.optimizer, lr=lr)
     print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}")
-    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")

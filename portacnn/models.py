@@ -5,7 +5,7 @@ from __future__ import annotations
 from .layers import AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh
 from .model import Sequential
 
-__all__ = ["lenet5", "MODELS"]
+__all__ = ["lenet5", "small_vgg", "MODELS"]
 
 
 def lenet5(activation: str = "tanh", pool: str = "avg", *, batchnorm: bool = False,
@@ -56,8 +56,47 @@ def lenet5(activation: str = "tanh", pool: str = "avg", *, batchnorm: bool = Fal
     return Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
 
 
+def small_vgg(input_shape=(3, 32, 32), num_classes: int = 10, width: int = 32, *, device=None,
+              dtype: str = "float32", seed: int | None = 0):
+    """A small VGG-style network (Simonyan and Zisserman, 2015) for 32x32 colour images.
+
+    Two blocks of two 3x3 convolutions ("same" padding, ReLU, He init), each block followed by
+    2x2 max pooling, then one dense layer:
+
+        conv w -> conv w -> pool 2 -> conv 2w -> conv 2w -> pool 2 -> dense -> num_classes
+
+    With ``width=32`` on (3, 32, 32): 32-32-64-64 channels, 64x8x8 = 4096 features into the
+    dense layer, 106,538 parameters.
+
+    Args:
+        input_shape: (C, H, W) per image; H and W at least 4 (each pooling halves them,
+            rounding down), e.g. (1, 28, 28) for MNIST.
+        num_classes: outputs of the dense layer.
+        width: channels of the first block's convolutions; the second block has twice as many.
+        device, dtype, seed: as for :class:`~portacnn.model.Sequential`.
+
+    Returns:
+        A built :class:`~portacnn.model.Sequential` emitting logits (N, num_classes).
+    """
+    if len(input_shape) != 3 or min(input_shape[1:]) < 4:
+        raise ValueError(f"small_vgg takes (C, H, W) images of at least 4x4, got {input_shape}")
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"width must be a positive int, got {width!r}")
+
+    def conv(filters, name):
+        return [Conv2D(filters, 3, padding="same", init="he", name=name), ReLU()]
+
+    layers = [
+        *conv(width, "conv1"), *conv(width, "conv2"), MaxPool2D(2, name="pool1"),
+        *conv(2 * width, "conv3"), *conv(2 * width, "conv4"), MaxPool2D(2, name="pool2"),
+        Flatten(), Dense(num_classes, init="glorot", name="fc"),
+    ]
+    return Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
+
+
 MODELS = {
     "lenet5": lambda **kw: lenet5("tanh", "avg", **kw),
     "lenet5-relu": lambda **kw: lenet5("relu", "max", **kw),
     "lenet5-bn": lambda **kw: lenet5("relu", "max", batchnorm=True, **kw),
+    "small_vgg": small_vgg,
 }

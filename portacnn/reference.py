@@ -15,10 +15,10 @@ import numpy as np
 from .scalars import is_int
 
 __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_pool2d_backward",
-           "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dense",
-           "dense_backward", "softmax_cross_entropy", "mse", "upsample_nearest",
-           "upsample_nearest_backward", "batchnorm_train", "pad_replicate", "add",
-           "concatenate", "concatenate_backward"]
+           "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+           "global_avg_pool2d", "global_avg_pool2d_backward", "dense", "dense_backward",
+           "softmax_cross_entropy", "mse", "upsample_nearest", "upsample_nearest_backward",
+           "batchnorm_train", "pad_replicate", "add", "concatenate", "concatenate_backward"]
 
 
 def _two(v):
@@ -223,6 +223,28 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, padding_mode
                 for j in range(dy.shape[3]):
                     dxp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw] += dy[n, c, i, j] / (kh * kw)
     return _unpad(dxp, x.shape, top, left, padding_mode)
+
+
+def global_avg_pool2d(x):
+    """y[n, c] = mean over i, j of x[n, c, i, j]."""
+    n_, c_, h, w = x.shape
+    y = np.zeros((n_, c_), dtype=x.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            y[n, c] = sum(x[n, c, i, j] for i in range(h) for j in range(w)) / (h * w)
+    return y
+
+
+def global_avg_pool2d_backward(dy, x):
+    """Each dy[n, c] is shared equally by the h*w pixels of its channel."""
+    dx = np.zeros_like(x)
+    h, w = x.shape[2:]
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(h):
+                for j in range(w):
+                    dx[n, c, i, j] = dy[n, c] / (h * w)
+    return dx
 
 
 def dense(x, weight, bias):

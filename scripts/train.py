@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train LeNet-5 on MNIST: ``python scripts/train.py --device cpu|gpu [--epochs 10 ...]``.
+"""Train a network (LeNet-5 by default) on MNIST: ``python scripts/train.py --device cpu|gpu [--epochs 10 ...]``.
 
 The same as ``python -m portacnn train``; ``--help`` lists the options.
 """

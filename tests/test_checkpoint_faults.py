@@ -124,6 +124,7 @@ def test_declared_shapes_are_the_shapes_every_layer_builds():
         "Conv2D": ((2, 6, 6), dict(out_channels=3, kernel_size=3)),
         "MaxPool2D": ((2, 6, 6), {}), "MinPool2D": ((2, 6, 6), {}),
         "AvgPool2D": ((2, 6, 6), {}), "Upsample2D": ((2, 6, 6), {}),
+        "GlobalAvgPool2D": ((2, 6, 6), {}),
         "BatchNorm2D": ((2, 6, 6), {}), "BatchNorm1D": ((5,), {}),
         "Dense": ((5,), dict(out_features=4)), "Flatten": ((2, 6, 6), {}),
         "ReLU": ((5,), {}), "Tanh": ((5,), {}), "Sigmoid": ((5,), {}), "Dropout": ((5,), {}),

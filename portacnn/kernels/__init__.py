@@ -23,8 +23,9 @@ from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import mse, one_hot, softmax_cross_entropy
 from .merge import add_backward, add_forward, concatenate_backward, concatenate_forward
-from .pooling import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
-                      max_pool2d_forward, min_pool2d_backward, min_pool2d_forward)
+from .pooling import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
+                      global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
+                      min_pool2d_backward, min_pool2d_forward)
 from .sets import Kernels
 from .shapes import Geometry, geometry
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
@@ -34,6 +35,7 @@ __all__ = [
     "avg_pool2d_forward", "batchnorm_backward", "batchnorm_forward", "col2im",
     "concatenate_backward", "concatenate_forward", "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "geometry",
+    "global_avg_pool2d_backward", "global_avg_pool2d_forward",
     "im2col", "log_softmax", "max_pool2d_backward", "max_pool2d_forward",
     "min_pool2d_backward", "min_pool2d_forward", "mse", "one_hot", "relu", "relu_backward",
     "sigmoid", "sigmoid_backward", "softmax", "softmax_cross_entropy", "tanh", "tanh_backward",

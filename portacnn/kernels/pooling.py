@@ -17,6 +17,9 @@ Min pooling is max pooling of ``-x``: the gradient goes to the first minimum.
 Average pooling divides by the full window ``kh*kw``, padding included (PyTorch's default
 ``count_include_pad=True``). ``padding_mode="replicate"`` pads with the edge pixels instead of
 a constant (0 for average, -inf for max).
+
+Global average pooling is the mean over the whole image of each channel, (N, C, H, W) ->
+(N, C): one ``mean`` forward, one broadcast of ``dy / (H*W)`` backward (no windows).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from .padding import pad
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",
            "min_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-           "pool_geometry", "PoolCache"]
+           "global_avg_pool2d_forward", "global_avg_pool2d_backward", "pool_geometry",
+           "PoolCache"]
 
 
 class PoolCache(NamedTuple):
@@ -109,3 +113,23 @@ def avg_pool2d_backward(dy, cache: PoolCache):
     n, c = input_shape[:2]
     share = xp.broadcast_to((dy / g.window)[:, :, None, ...], (n, c, g.window, g.oh, g.ow))
     return scatter_windows(share, g, input_shape)
+
+
+def global_avg_pool2d_forward(x, *, inference: bool = False):
+    """Mean of each channel over the image: ``x`` (N, C, H, W) -> y (N, C). Returns
+    ``(y, cache)``; the cache is the input shape (N, C, H, W), all the backward pass needs, or
+    None with ``inference=True``."""
+    xp = namespace(x)
+    check_nchw(x)
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"global average pooling needs a non-empty image, got {tuple(x.shape)}")
+    return xp.mean(x, axis=(2, 3)), None if inference else tuple(x.shape)
+
+
+def global_avg_pool2d_backward(dy, input_shape):
+    """Spread ``dy`` (N, C) evenly over each channel's image: dx (N, C, H, W) =
+    ``dy / (H*W)`` broadcast (a copy, so that the caller may write into it)."""
+    xp = namespace(dy)
+    n, c, h, w = input_shape
+    share = xp.broadcast_to(xp.reshape(dy / (h * w), (n, c, 1, 1)), (n, c, h, w))
+    return xp.asarray(share, copy=True)

@@ -46,6 +46,8 @@ class Kernels:
     min_pool2d_backward = staticmethod(pooling.min_pool2d_backward)
     avg_pool2d_forward = staticmethod(pooling.avg_pool2d_forward)
     avg_pool2d_backward = staticmethod(pooling.avg_pool2d_backward)
+    global_avg_pool2d_forward = staticmethod(pooling.global_avg_pool2d_forward)
+    global_avg_pool2d_backward = staticmethod(pooling.global_avg_pool2d_backward)
     upsample_nearest_forward = staticmethod(upsample.upsample_nearest_forward)
     upsample_nearest_backward = staticmethod(upsample.upsample_nearest_backward)
     # dense, normalisation, dropout (:mod:`.dense`, :mod:`.batchnorm`, :mod:`.dropout`)

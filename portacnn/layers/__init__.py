@@ -18,7 +18,8 @@ Where each layer lives:
   and checkpoints see it) and the building helpers (initial weights, build-at-construction);
 * :mod:`.windows`: the padding and ``summary()`` text shared by convolution and pooling;
 * :mod:`.conv`: :class:`Conv2D`;
-* :mod:`.pooling`: :class:`MaxPool2D`, :class:`MinPool2D`, :class:`AvgPool2D`;
+* :mod:`.pooling`: :class:`MaxPool2D`, :class:`MinPool2D`, :class:`AvgPool2D`,
+  :class:`GlobalAvgPool2D`;
 * :mod:`.upsample`: :class:`Upsample2D`;
 * :mod:`.dense`: :class:`Dense`, :class:`Flatten`;
 * :mod:`.normalization`: :class:`BatchNorm2D`, :class:`BatchNorm1D`;
@@ -46,15 +47,16 @@ from .dense import Dense, Flatten
 from .dropout import Dropout
 from .merge import Add, Concatenate, Identity
 from .normalization import BatchNorm1D, BatchNorm2D
-from .pooling import AvgPool2D, MaxPool2D, MinPool2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D, MinPool2D
 from .symbolic import Input, SymbolicTensor
 from .upsample import Upsample2D
 
 __all__ = ["Parameter", "Buffer", "Layer", "Conv2D", "MaxPool2D", "MinPool2D", "AvgPool2D",
-           "Upsample2D", "BatchNorm2D", "BatchNorm1D", "Dense", "Flatten", "ReLU", "Tanh",
-           "Sigmoid", "Dropout", "Add", "Concatenate", "Identity", "Input", "SymbolicTensor",
-           "LAYERS"]
+           "GlobalAvgPool2D", "Upsample2D", "BatchNorm2D", "BatchNorm1D", "Dense", "Flatten",
+           "ReLU", "Tanh", "Sigmoid", "Dropout", "Add", "Concatenate", "Identity", "Input",
+           "SymbolicTensor", "LAYERS"]
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, MinPool2D, AvgPool2D, Upsample2D,
-                                        BatchNorm2D, BatchNorm1D, Dense, Flatten, ReLU, Tanh,
-                                        Sigmoid, Dropout, Add, Concatenate, Identity)}
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, MinPool2D, AvgPool2D,
+                                        GlobalAvgPool2D, Upsample2D, BatchNorm2D, BatchNorm1D,
+                                        Dense, Flatten, ReLU, Tanh, Sigmoid, Dropout, Add,
+                                        Concatenate, Identity)}

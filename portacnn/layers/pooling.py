@@ -1,5 +1,6 @@
 """Pooling layers over (N, C, H, W) input: :class:`MaxPool2D`, :class:`MinPool2D`,
-:class:`AvgPool2D`; each names its ``(forward, backward)`` pair from the backend's kernel set."""
+:class:`AvgPool2D`, each naming its ``(forward, backward)`` pair from the backend's kernel set,
+and :class:`GlobalAvgPool2D`, (N, C, H, W) -> (N, C)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,30 @@ class AvgPool2D(_Pool2D):
 
     def _kernel_pair(self):
         return self.kernels.avg_pool2d_forward, self.kernels.avg_pool2d_backward
+
+
+class GlobalAvgPool2D(Layer):
+    """Global average pooling: the mean of each channel over the whole image, as Keras'
+    ``GlobalAveragePooling2D`` or PyTorch's ``AdaptiveAvgPool2d(1)`` followed by a flatten.
+
+    Takes any image size (the classifier head of ResNet and similar networks).
+    Shapes: (N, C, H, W) -> (N, C). Backward shares each gradient equally over its channel.
+    """
+
+    _strict_shape = False
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name} expects (C, H, W) inputs, got {tuple(input_shape)}")
+        return (input_shape[0],)
+
+    def forward(self, x):
+        check_nchw(x, f"the input to {self.name}")
+        return super().forward(x)
+
+    def _forward(self, x):
+        y, self._cache = self.kernels.global_avg_pool2d_forward(x, inference=not self.training)
+        return y
+
+    def _backward(self, dy):
+        return self.kernels.global_avg_pool2d_backward(dy, self._cache)
