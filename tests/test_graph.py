@@ -78,7 +78,7 @@ def test_merge_layers_refuse_bad_inputs(host_rng):
 
 def _residual(seed=0):
     """conv - relu (h) - conv, + h (h feeds the conv and the sum), relu, dense."""
-    x = Input((2, 5, 5))
+    x = Input((2, 4, 4))
     h = ReLU()(Conv2D(3, 3, padding="same")(x))
     out = Dense(3)(Flatten()(ReLU()(Add()([Conv2D(3, 3, padding="same")(h), h]))))
     return Model(x, out, dtype="float64", seed=seed)
@@ -94,10 +94,11 @@ def _torch_residual(torch, w, x):
 
 def _branching(seed=0):
     """The input feeds two branches (3x3 conv - relu, 1x1 conv - tanh), joined along the
-    channels, max-pooled, then dense."""
+    channels, max-pooled, then dense. (The residual network's shapes where they can be: JAX
+    compiles each operation once per shape.)"""
     x = Input((2, 4, 4))
-    a = ReLU()(Conv2D(2, 3, padding="same")(x))
-    b = Tanh()(Conv2D(3, 1)(x))
+    a = ReLU()(Conv2D(3, 3, padding="same")(x))
+    b = Tanh()(Conv2D(2, 1)(x))
     out = Dense(3)(Flatten()(MaxPool2D(2)(Concatenate()([a, b]))))
     return Model(x, out, dtype="float64", seed=seed)
 
@@ -170,11 +171,11 @@ def test_summary_lists_each_call_with_its_inputs():
     assert lines[2].split() == ["Layer", "Settings", "Output", "shape", "Params", "Inputs"]
     rows = [line.split("  ") for line in lines[4:12]]
     rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
-    assert rows[0] == ["0 Conv2D", "2@3x3, stride 1, pad same", "(N, 2, 4, 4)", "38", "input"]
-    assert rows[2] == ["2 Conv2D", "3@1x1, stride 1, pad 0", "(N, 3, 4, 4)", "9", "input"]
+    assert rows[0] == ["0 Conv2D", "3@3x3, stride 1, pad same", "(N, 3, 4, 4)", "57", "input"]
+    assert rows[2] == ["2 Conv2D", "2@1x1, stride 1, pad 0", "(N, 2, 4, 4)", "6", "input"]
     assert rows[4] == ["4 Concatenate", "axis 1", "(N, 5, 4, 4)", "0", "1 ReLU, 3 Tanh"]
     assert rows[7] == ["7 Dense", "20 -> 3", "(N, 3)", "63", "6 Flatten"]
-    assert lines[-1] == "Total params: 110"
+    assert lines[-1] == "Total params: 126"
 
 
 def test_feature_maps_are_drawn_for_a_graph(host_rng):
@@ -223,7 +224,7 @@ def test_graph_mistakes_are_named_with_the_fix():
         Input(3)
     model = _residual()
     with pytest.raises(TypeError, match="models do not nest"):
-        model(Input((2, 5, 5)))
+        model(Input((2, 4, 4)))
     with pytest.raises(RuntimeError, match="Model.backward called before forward"):
         model.backward(np.zeros((1, 3)))
 
