@@ -135,6 +135,7 @@ def test_a_shared_layer_and_a_tensor_read_twice_sum_their_gradients(host_rng, to
     h = conv(ReLU()(conv(x)))
     model = Model(x, Dense(3)(Flatten()(Add()([h, h]))), dtype="float64")
     assert len(model.layers) == 5 and len(model.parameters()) == 4
+    assert "shared" in model.summary(file=io.StringIO()).splitlines()[6]   # its second call
     xs, y = host_rng.normal(size=(3, 2, 4, 4)), np.array([0, 1, 2])
     w = {p.name: torch.tensor(to_numpy(p.value), requires_grad=True) for p in model.parameters()}
     F = torch.nn.functional

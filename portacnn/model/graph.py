@@ -162,6 +162,12 @@ class Model(ModelBase):
                 layer.train(self.training)
         self._made(tuple(input_shape), tuple(output_shape))
 
+    def to(self, device) -> "Model":
+        """Move parameters, buffers and optimizer state to another device or backend (the
+        forward caches are dropped: run forward again before backward)."""
+        self._caches = {}
+        return super().to(device)
+
     def require_built(self) -> None:
         """A Model is built when it is made: nothing to check."""
 
