@@ -16,13 +16,14 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Conv2D, Dense,
                      GlobalAvgPool2D, Layer, MaxPool2D, MinPool2D, Parameter, ReLU, Sigmoid, Tanh,
                      Upsample2D)
 from .model import Sequential, load
-from .training import History
+from .training import History, RandomCropFlip
 
 __version__ = "0.2.0"
 
 __all__ = [
     "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError", "Conv2D",
     "Dense", "DeviceError", "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer",
-    "MaxPool2D", "MinPool2D", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "Upsample2D",
-    "backends", "data", "get_backend", "kernels", "load", "models", "optim", "__version__",
+    "MaxPool2D", "MinPool2D", "Parameter", "RandomCropFlip", "ReLU", "Sequential", "Sigmoid",
+    "Tanh", "Upsample2D", "backends", "data", "get_backend", "kernels", "load", "models", "optim",
+    "__version__",
 ]

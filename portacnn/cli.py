@@ -65,8 +65,10 @@ def _version() -> str:
 
 def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     """The options of ``train``; each help text ends with the option's default."""
-    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the "
-                                       "bundled sample by default).")
+    from .data import DATASETS
+
+    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the bundled sample by default), "
+                                       "Fashion-MNIST or CIFAR-10.")
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--device", default=None,
                    help="cpu (NumPy) or gpu / cuda:N (CuPy) (default: $PORTACNN_DEVICE or cpu)")
@@ -83,12 +85,20 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "rmsprop)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "rmsprop"],
                    help="sgd uses momentum 0.9 (default: %(default)s)")
+    p.add_argument("--dataset", default="mnist", choices=list(DATASETS),
+                   help="what to train on; the model takes its image shape (default: "
+                        "%(default)s)")
     p.add_argument("--data", default=None, type=Path, metavar="DIR",
-                   help="a directory of MNIST IDX files (default: the bundled 4,000/1,000 sample)")
+                   help="a directory of the data set's files: MNIST's IDX files, CIFAR-10's "
+                        "binary version (default: the bundled 4,000/1,000 MNIST sample; the "
+                        "download cache for the others)")
     p.add_argument("--download", action="store_true",
-                   help="download full MNIST into --data DIR (default $PORTACNN_DATA/mnist or "
-                        "~/.cache/portacnn/mnist; needs portacnn[data]); later runs read it with "
-                        "--data DIR")
+                   help="download the full data set into --data DIR (default $PORTACNN_DATA/NAME "
+                        "or ~/.cache/portacnn/NAME; needs portacnn[data]); later runs read it "
+                        "with --data DIR")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (zero padding 4) and horizontal flip of every training "
+                        "batch, the CIFAR standard (default: off)")
     p.add_argument("--seed", type=_integer(0), default=0,
                    help="seed of the initial weights and the shuffling (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -144,11 +154,18 @@ def output_problem(args) -> str | None:
             return f"--plots {args.plots}: {problem}"
     if args.download and args.data is not None:
         if args.data.exists() and not args.data.is_dir():
-            return f"--data {args.data} is a file: give the directory to download MNIST into"
+            return (f"--data {args.data} is a file: give the directory to download "
+                    f"{_title(args)} into")
         problem = folder_problem(args.data)
         if problem:
             return f"--data {args.data}: {problem}"
     return None
+
+
+def _title(args) -> str:
+    from .data import DATASETS
+
+    return DATASETS[args.dataset].title
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -156,7 +173,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def train(args) -> int:
-    from . import data, distributed, optim
+    from . import data, distributed, optim, training
     from .allocator import keep_freed_memory
     from .backends import get_backend
 
@@ -175,20 +192,20 @@ def train(args) -> int:
             raise PlotError('--plots needs matplotlib: pip install "portacnn[viz]"') from None
     if args.data is not None and not args.download and not args.data.is_dir():
         raise data.DataError(f"--data {args.data}: no such directory (add --download to fetch "
-                             "MNIST there)")
-    directory = args.data
+                             f"{_title(args)} there)")
+    dataset, directory = data.DATASETS[args.dataset], args.data
     if args.download:
         def download():
-            return data.download_mnist(args.data, progress=sys.stderr.isatty())
+            return dataset.download(args.data, progress=sys.stderr.isatty())
         # under mpiexec rank 0 downloads; the others then find the files in place
         directory = distributed.root_first(download) if parallel else download()
-    (x_train, y_train), (x_test, y_test) = data.load_mnist(directory)
-    source = "bundled MNIST sample" if directory is None else f"MNIST in {directory}"
+    (x_train, y_train), (x_test, y_test) = dataset.load(directory)
+    source = ("bundled MNIST sample" if directory is None and args.dataset == "mnist" else
+              f"{dataset.title} in {directory or data.default_cache_dir() / dataset.cache_folder}")
     print(f"device: {args.device or 'default'} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
-    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
-    model = MODELS[args.model](input_shape=tuple(x_train.shape[1:]), device=backend,
-                               dtype=args.dtype, seed=args.seed)
+    model = MODELS[args.model](input_shape=dataset.shape, device=backend, dtype=args.dtype,
+                               seed=args.seed)
     model.summary()
     runner = distributed.DataParallel(model) if parallel else model
     if parallel:
@@ -198,12 +215,17 @@ def train(args) -> int:
     opt = optim.SGD(lr, momentum=0.9) if args.optimizer == "sgd" else optim.get_optimizer(
         args.optimizer, lr=lr)
     print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}")
+    x_train, x_test = (data.normalize(x, dataset.mean, dataset.std, dtype=args.dtype)
+                       for x in (x_train, x_test))
+    augment = training.RandomCropFlip() if args.augment else None
+    if augment is not None:
+        print(f"augmentation: {augment} of every training batch")
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                              optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
-                             verbose=2 if args.quiet else 1)
+                             verbose=2 if args.quiet else 1, augment=augment)
         total = time.perf_counter() - t0
         loss, acc = runner.evaluate(x_test, y_test)
     train_s = sum(history["seconds"])

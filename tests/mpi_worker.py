@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, ReLU, Sequential, Tanh,
-                      distributed)
+from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, RandomCropFlip, ReLU,
+                      Sequential, Tanh, distributed)
 from portacnn.backends import to_numpy
 from portacnn.optim import SGD, Adam
 
@@ -59,15 +59,17 @@ def largest_difference(a_model, b_model):
 def equivalence(outdir: Path) -> None:
     comm = distributed.world()
     results = {"size": comm.size}
-    for name, dtype, dropout in (("float64", "float64", False), ("float32", "float32", False),
-                                 ("dropout", "float64", True)):
+    for name, dtype, dropout, augment in (
+            ("float64", "float64", False, None), ("float32", "float32", False, None),
+            ("dropout", "float64", True, None), ("augment", "float64", False, RandomCropFlip(2))):
         x, y = data(dtype)
         alone = network(dtype, dropout)
         history_alone = alone.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
-                                  optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0)
+                                  optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0,
+                                  augment=augment)
         dp = distributed.DataParallel(network(dtype, dropout, seed=7 + 1000 * comm.rank))
         history = dp.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
-                         optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2)
+                         optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2, augment=augment)
         loss, acc = dp.evaluate(x, y)
         loss_alone, acc_alone = alone.evaluate(x, y)
         probs = to_numpy(dp.predict(x, batch_size=50))

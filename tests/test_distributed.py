@@ -198,6 +198,13 @@ def test_shuffling_and_dropout_do_not_depend_on_the_process_count(equivalence):
     assert got["moved"] > 1e-2 and got["parameters"] <= 1e-10
 
 
+def test_each_process_augments_its_rows_as_one_process_would(equivalence):
+    # crops and flips drawn per process (or per shard) would differ from one process's and move
+    # the parameters far more than rounding
+    got = equivalence[2]["augment"]
+    assert got["moved"] > 1e-2 and got["parameters"] <= 1e-10 and got["ranks_identical"]
+
+
 def test_evaluate_and_predict_shard_and_gather_in_order(equivalence):
     for case in ("float64", "dropout"):
         got = equivalence[2][case]
@@ -210,7 +217,7 @@ def test_only_rank_0_writes(equivalence):
     outdir, job, _ = equivalence
     assert (outdir / "rank0" / "model.safetensors").exists()
     assert list((outdir / "rank1").iterdir()) == []
-    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 3       # one line a fit
+    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 4       # one line a fit
 
 
 @pytest.fixture(scope="module")

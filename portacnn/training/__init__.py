@@ -8,13 +8,16 @@ container's interface (:class:`portacnn.Sequential` calls them), one job per mod
 - :mod:`.staging`: moving data to the device, whole when it fits, else batch by batch;
 - :mod:`.progress`: ``History``, the progress bar or lines, the epoch line, the divergence
   checks;
+- :mod:`.augment`: ``RandomCropFlip``, augmentation of each training batch where it lives,
+  drawn alike on every process;
 - :mod:`.replicas`: ``OneProcess``, the protocol of where a batch is computed, which
   :class:`portacnn.distributed.DataParallel` implements across processes.
 """
 
+from .augment import RandomCropFlip
 from .loop import LOSSES, accumulate_gradients, evaluate, fit, predict, train_step
 from .progress import History
 from .replicas import ONE_PROCESS, OneProcess
 
-__all__ = ["LOSSES", "History", "OneProcess", "ONE_PROCESS", "train_step", "accumulate_gradients",
-           "fit", "evaluate", "predict"]
+__all__ = ["LOSSES", "History", "RandomCropFlip", "OneProcess", "ONE_PROCESS", "train_step",
+           "accumulate_gradients", "fit", "evaluate", "predict"]
