@@ -127,11 +127,16 @@ def markdown(report) -> str:
 
 
 def _figures(name, r) -> str:
+    """The table cell of step ``name``: its error, why it was skipped, or its figures (a
+    record without the figures expected says so rather than losing the report)."""
     if "error" in r:
         return r["error"].splitlines()[0][:200]
     if "skipped" in r:
         return r["skipped"]
-    return FIGURES.get(name, lambda r: "")(r)
+    try:
+        return FIGURES.get(name, lambda r: "")(r)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        return f"(figures missing from the record: {type(exc).__name__}: {exc})"
 
 
 def _env_figures(r):
@@ -216,14 +221,13 @@ def _plan(args, backend):
     """Each step after the smoke test: ``name -> (function, arguments)``; the child-process
     steps take their time limit as ``timeout`` (filled in when they run)."""
     test_backend = "cupy" if backend.accelerator else backend.name
-    gpus = backend.native.cuda.runtime.getDeviceCount() if backend.accelerator else 0
     return {"parity": (gpu_steps.step_parity, (backend,)),
             "sync": (gpu_steps.step_sync, (backend,)),
             "memory": (gpu_steps.step_memory, (backend, args.images)),
             "checkpoint": (gpu_steps.step_checkpoint, (backend, args.images)),
             "devices": (gpu_steps.step_devices, (backend,)),
             "cli": (gpu_children.step_cli, (args.device, backend.name)),
-            "mpi": (gpu_children.step_mpi, (args.device, gpus)),
+            "mpi": (gpu_children.step_mpi, (backend,)),
             "bench": (gpu_children.step_bench, (args.device, backend)),
             "tests": (gpu_children.step_tests, (test_backend, args.device))}
 

@@ -221,16 +221,18 @@ def mpi_rank(device: str, out: Path) -> None:
         out.write_text(json.dumps({"ranks": everyone, "max_parameter_difference": worst}))
 
 
-def step_mpi(device: str, gpus: int, timeout: float = 120):
+def step_mpi(backend, timeout: float = 120):
     """``mpiexec -n 2`` of :func:`mpi_rank`: two ranks sharing the GPU (one GPU) or splitting
-    them (rank r on ``local rank % GPUs``), their replicas equal bit for bit after an epoch.
-    Skipped, with the reason, without ``mpiexec`` or mpi4py."""
+    them (rank r on ``local rank % GPUs``; ``backend``'s library counts them), their replicas
+    equal bit for bit after an epoch. Skipped, with the reason, without ``mpiexec`` or
+    mpi4py."""
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         return None, skipped('mpiexec is not on the PATH (pip install "portacnn[mpi]" brings '
                              "mpi4py and Open MPI)")
     if importlib.util.find_spec("mpi4py") is None:
         return None, skipped('mpi4py is not installed (pip install "portacnn[mpi]")')
+    gpus = backend.native.cuda.runtime.getDeviceCount() if backend.accelerator else 0
     rank_device = "gpu" if gpus else "cpu"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,9 +112,10 @@ def _parity(backend, dtype: str, x, y, steps: int) -> dict:
 
 
 def step_parity(backend, steps: int | None = None):
-    """LeNet-5, ``steps`` (``PARITY_STEPS``) SGD-momentum steps of ``PARITY_BATCH`` digits on the device
-    and on the CPU from the same weights and batches, in float32 and float64: parameters equal
-    within ``PARITY_TOLERANCE`` (relative to each parameter's largest magnitude)."""
+    """LeNet-5, ``steps`` (default ``PARITY_STEPS``) SGD-momentum steps of ``PARITY_BATCH``
+    digits on the device and on the CPU from the same weights and batches, in float32 and
+    float64: parameters equal within ``PARITY_TOLERANCE`` (relative to each parameter's largest
+    magnitude)."""
     if not backend.accelerator:
         return None, skipped("the device is the CPU: nothing to compare with")
     t0 = time.perf_counter()

@@ -155,7 +155,7 @@ def cupy_suite(monkeypatch, tmp_path):
     """gpu_check on a simulated CuPy with a smoke test that passes, its tests step on a fake
     suite (tmp/tests/test_fake.py): ``run(outcome, device)`` -> (status, tests step record)."""
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(count=4))
-    fake_backend = types.SimpleNamespace(accelerator=True, name="cupy", native=fake_cupy(4))
+    fake_backend = types.SimpleNamespace(accelerator=True, name="cupy")
     monkeypatch.setattr(gpu_steps, "step_smoke", lambda device: (fake_backend, {
         "ok": True, "seconds": 0.0, "backend": "CuPy (fake)", "device": {}}))
     root = tmp_path / "checkout"

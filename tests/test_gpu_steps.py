@@ -85,7 +85,8 @@ def test_a_host_synchronisation_inside_a_step_is_named(gpu, monkeypatch):
     _, record = gpu_steps.step_sync(backend)
     assert not record["ok"] and "Device synchronization was detected" in record["error"]
     caller, operation = record["operation"].split(" -> ")
-    assert caller.startswith(str(Path("portacnn", "layers", "dense.py"))) and "dense_forward" in caller
+    assert caller.startswith(str(Path("portacnn", "layers", "dense.py")))
+    assert "dense_forward" in caller
     assert operation.startswith(str(Path("portacnn", "backends", "cupy.py")))
 
 
@@ -220,7 +221,7 @@ def test_the_cli_step_reports_the_cli_s_own_error():
 
 def test_without_mpiexec_the_mpi_step_is_skipped_with_the_reason(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    _, record = gpu_children.step_mpi("gpu", 1)
+    _, record = gpu_children.step_mpi(portacnn.get_backend("cpu"))
     assert record["ok"] and record["skipped"].startswith("mpiexec is not on the PATH")
 
 
@@ -228,10 +229,33 @@ def test_without_mpiexec_the_mpi_step_is_skipped_with_the_reason(monkeypatch, tm
                     reason="no mpiexec beside this Python")
 def test_two_ranks_train_equal_replicas(monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    _, record = gpu_children.step_mpi("cpu", 0, timeout=60)
+    _, record = gpu_children.step_mpi(portacnn.get_backend("cpu"), timeout=60)
     assert record["ok"], record.get("error")
     assert [r["rank"] for r in record["ranks"]] == [0, 1]
     assert record["max_parameter_difference"] == 0
+
+
+def test_two_ranks_on_two_gpus_must_split_them(gpu, monkeypatch):
+    def job(ranks_on):
+        def run(args, timeout, **kwargs):
+            assert args[1:3] == ["-n", "2"] and args[-2] == "gpu"
+            ranks = [{"rank": r, "local_rank": r, "device": f"<CUDA Device {d}>",
+                      "device_id": d, "loss": 0.5} for r, d in enumerate(ranks_on)]
+            Path(args[-1]).write_text(json.dumps({"ranks": ranks,
+                                                  "max_parameter_difference": 0.0}))
+            return 0, "", ""
+        return run
+
+    monkeypatch.setattr(gpu_children.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(gpu_children.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(gpu_children, "run_child", job([0, 1]))
+    _, record = gpu_children.step_mpi(gpu(0))
+    assert record["ok"] and record["layout"] == "splitting 2 GPUs"
+    assert gpu_check._figures("mpi", record).startswith("splitting 2 GPUs: rank 0 on <CUDA")
+    monkeypatch.setattr(gpu_children, "run_child", job([0, 0]))
+    _, record = gpu_children.step_mpi(gpu(0))
+    assert not record["ok"]
+    assert record["error"] == "rank 1 (local rank 1) is on <CUDA Device 0>, not cuda:1"
 
 
 def test_the_bench_step_reports_the_ratio_and_fails_on_the_threshold(gpu, monkeypatch):
