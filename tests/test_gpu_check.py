@@ -53,7 +53,7 @@ def test_a_broken_cupy_is_reported_with_the_fix(monkeypatch, tmp_path):
 
 def test_the_steps_write_one_report_with_every_figure(tmp_path, capsys):
     assert gpu_check.main(["--device", "cpu", "--steps", "smoke,parity,checkpoint",
-                           "--images", "64", "--out", str(tmp_path)]) == 0
+                           "--images", "32", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     ckpt = report["steps"]["checkpoint"]
     for direction in ("device_to_cpu", "cpu_to_device"):

@@ -211,6 +211,12 @@ def test_a_short_row_keeps_its_cells_and_the_line():
 
 # --- the command line, MPI, the benchmark ------------------------------------------------------
 
+def test_the_cli_step_trains_one_epoch_on_the_device_it_names():
+    _, record = gpu_children.step_cli("cpu", "numpy", timeout=60)
+    assert record["ok"], record.get("error")
+    assert "numpy" in record["device_line"] and record["test_accuracy"] >= 0.8
+
+
 def test_the_cli_step_reports_the_cli_s_own_error():
     _, record = gpu_children.step_cli("cuda:0", "cupy", timeout=60)
     if record["ok"]:
