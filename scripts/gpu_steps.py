@@ -202,7 +202,8 @@ def step_memory(backend, images: int | None = None):
         seconds.append(history["seconds"][0])
         gc.collect()
         backend.synchronize()
-        used.append(int(pool.used_bytes()))
+        with backend.activate():               # the pool counts the current device's bytes
+            used.append(int(pool.used_bytes()))
     growth = used[-1] - used[1]
     _, accuracy = model.evaluate(xt, yt)
     record = {"ok": growth <= MEMORY_MARGIN, "used_bytes_after_epochs": used,

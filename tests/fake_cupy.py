@@ -152,9 +152,9 @@ class DeviceSynchronized(RuntimeError):
 
 
 class SimulatedDevice:
-    """A ``cupy.cuda.Device`` that NumPy's array API accepts (it equals ``"cpu"``): creating
-    it, ``use()`` and ``synchronize()`` (which declares a synchronisation) are recorded on the
-    module."""
+    """A ``cupy.cuda.Device`` that NumPy's array API accepts (it equals ``"cpu"``): ``use()``
+    and ``with`` make it the module's ``current`` device; ``synchronize()`` declares a
+    synchronisation to the simulated ``cupyx``."""
 
     def __init__(self, cupy, index=0):
         self.cupy, self.id = cupy, index
@@ -175,9 +175,11 @@ class SimulatedDevice:
         self.cupy.current = self.id
 
     def __enter__(self):
+        self._previous, self.cupy.current = self.cupy.current, self.id
         return self
 
     def __exit__(self, *exc):
+        self.cupy.current = self._previous
         return False
 
     def synchronize(self):

@@ -91,9 +91,14 @@ def test_a_host_synchronisation_inside_a_step_is_named(gpu, monkeypatch):
 
 
 def test_device_memory_is_flat_across_epochs_unless_a_step_keeps_arrays(gpu, monkeypatch):
-    backend = gpu(0)
+    backend = gpu(1)
+    pool, read_on = backend.native.get_default_memory_pool(), []
+    used_bytes = pool.used_bytes
+    monkeypatch.setattr(pool, "used_bytes", lambda: read_on.append(backend.native.current)
+                        or used_bytes())
     _, record = gpu_steps.step_memory(backend, images=32)
     assert record["ok"] and len(record["used_bytes_after_epochs"]) == 5, record
+    assert read_on == [1] * 5                 # CuPy's pool counts the current device's bytes
     assert gpu_check._figures("memory", record).startswith("pool used ")
     kept = []
     real = Kernels.dense_forward
