@@ -33,8 +33,8 @@ from gpu_steps import LR, MOMENTUM, digits, skipped, speed  # noqa: E402
 QUERY = ("index", "name", "driver_version", "memory.total", "memory.used", "mig.mode.current",
          "compute_mode", "ecc.mode.current")
 BASIC_QUERY = QUERY[:4]                 # every driver knows these
-PACKAGES = ("numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x", "cupy", "torch",
-            "mpi4py", "safetensors", "pytest")
+PACKAGES = ("numpy", "array-api-compat", "array-api-extra", "cupy-cuda12x", "cupy-cuda13x",
+            "cupy", "torch", "mpi4py", "safetensors", "pytest")
 
 
 def _value(text: str):
