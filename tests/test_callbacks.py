@@ -1,0 +1,81 @@
+"""Callbacks in fit: early stopping on a scripted metric sequence, restoring the best weights,
+saving the best checkpoint, and the errors that name a missing metric."""
+
+import numpy as np
+import pytest
+
+import portacnn
+from portacnn.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from portacnn.optim import SGD
+
+from helpers import small_net, toy_data
+
+
+class Script(Callback):
+    """Replaces the logs' ``val_loss`` by the scripted value of each epoch (the callbacks after
+    it see that) and keeps a copy of the weights at each epoch's end."""
+
+    def __init__(self, values):
+        self.values, self.weights = values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.values[epoch]
+        self.weights.append([np.array(p.value, copy=True) for p in self.model.parameters()])
+
+
+def _fit(callbacks, epochs=8):
+    x, y = toy_data(12)
+    model = small_net(seed=2)
+    history = model.fit(x, y, epochs=epochs, batch_size=6, optimizer=SGD(0.05), verbose=0,
+                        validation_data=(x, y), callbacks=callbacks)
+    return model, history
+
+
+@pytest.mark.parametrize("min_delta, patience, stops_after", [
+    (0.0, 2, 5),        # best 0.79 at epoch 3; epochs 4 and 5 do not improve
+    (0.02, 2, 3),       # 0.79 is not 0.02 below 0.80: epochs 2 and 3 do not improve
+    (0.0, 0, 2),        # the first epoch that does not improve stops
+])
+def test_early_stopping_stops_at_the_right_epoch(min_delta, patience, stops_after):
+    script = Script([1.0, 0.8, 0.85, 0.79, 0.9, 0.95, 0.5, 0.4])
+    stop = EarlyStopping(patience=patience, min_delta=min_delta)
+    _, history = _fit([script, stop])
+    assert len(history["loss"]) == stops_after + 1 == stop.stopped_epoch + 1
+
+
+def test_early_stopping_in_max_mode_stops_when_the_metric_falls():
+    stop = EarlyStopping(monitor="loss", mode="max", patience=1)      # the loss falls
+    _, history = _fit([stop], epochs=5)
+    assert history["loss"][1] < history["loss"][0]
+    assert len(history["loss"]) == 2 and stop.best == history["loss"][0]
+
+
+def test_restore_best_weights_restores_the_best_epoch():
+    script = Script([1.0, 0.5, 0.7, 0.8, 0.9, 0.95])
+    model, history = _fit([script, EarlyStopping(patience=2, restore_best_weights=True)])
+    assert len(history["loss"]) == 4
+    for p, best, last in zip(model.parameters(), script.weights[1], script.weights[-1]):
+        np.testing.assert_array_equal(np.asarray(p.value), best)
+        assert not np.array_equal(best, last)
+
+
+def test_model_checkpoint_writes_only_on_improvement(tmp_path):
+    script = Script([3.0, 2.0, 2.5, 1.0])
+    path = tmp_path / "best-{epoch}.safetensors"
+    _fit([script, ModelCheckpoint(path, save_best_only=True)], epochs=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-1.safetensors", "best-2.safetensors", "best-4.safetensors"]
+    saved = portacnn.load(tmp_path / "best-2.safetensors")
+    for p, best in zip(saved.parameters(), script.weights[1]):
+        np.testing.assert_array_equal(np.asarray(p.value), best)
+    _fit([ModelCheckpoint(tmp_path / "every.safetensors")], epochs=1)
+    assert (tmp_path / "every.safetensors").exists()
+
+
+def test_a_metric_fit_does_not_record_is_named_with_the_fix():
+    x, y = toy_data(12)
+    with pytest.raises(ValueError, match="EarlyStopping monitors 'val_loss', which this fit does "
+                                         "not record .*pass validation_data or validation_split"):
+        small_net().fit(x, y, epochs=2, verbose=0, callbacks=[EarlyStopping()])
+    with pytest.raises(TypeError, match="callbacks must be portacnn.training.Callback"):
+        small_net().fit(x, y, epochs=1, verbose=0, callbacks=[print])
