@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import portacnn
+from portacnn.cli import main
 from portacnn.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from portacnn.optim import SGD
 
-from helpers import small_net, toy_data
+from helpers import small_net, toy_data, write_mnist
 
 
 class Script(Callback):
@@ -79,3 +80,22 @@ def test_a_metric_fit_does_not_record_is_named_with_the_fix():
         small_net().fit(x, y, epochs=2, verbose=0, callbacks=[EarlyStopping()])
     with pytest.raises(TypeError, match="callbacks must be portacnn.training.Callback"):
         small_net().fit(x, y, epochs=1, verbose=0, callbacks=[print])
+
+
+def test_the_command_line_schedules_clips_stops_and_keeps_the_best(tmp_path, capsys):
+    write_mnist(tmp_path / "mnist", n_train=40, n_test=10)
+    save = tmp_path / "best.safetensors"
+    assert main(["train", "--data", str(tmp_path / "mnist"), "--epochs", "4", "--batch-size",
+                 "8", "--lr", "0.5", "--schedule", "cosine", "--warmup", "1", "--clipnorm",
+                 "0.5", "--early-stopping", "1", "--save", str(save), "--save-best",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "global_clipnorm=0.5" in out and "cosine schedule after 1 warm-up epochs" in out
+    assert "validation: the last 10% of the training images" in out
+    assert f"epoch 1: saved {save} (val_loss" in out
+    optimizer = portacnn.load(save).optimizer       # the rate of the epoch it was saved after
+    assert optimizer.global_clipnorm == 0.5 and optimizer.learning_rate in (0.25, 0.5, 0.375, 0.125)
+    for args, message in ((["--save-best"], "--save-best writes the file of --save"),
+                          (["--schedule", "step", "--warmup", "10"], "leaves no epoch")):
+        assert main(["train", *args]) == 2
+        assert message in capsys.readouterr().err
