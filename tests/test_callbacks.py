@@ -94,7 +94,8 @@ def test_the_command_line_schedules_clips_stops_and_keeps_the_best(tmp_path, cap
     assert "validation: the last 10% of the training images" in out
     assert f"epoch 1: saved {save} (val_loss" in out
     optimizer = portacnn.load(save).optimizer       # the rate of the epoch it was saved after
-    assert optimizer.global_clipnorm == 0.5 and optimizer.learning_rate in (0.25, 0.5, 0.375, 0.125)
+    assert optimizer.global_clipnorm == 0.5
+    assert optimizer.learning_rate in (0.25, 0.5, 0.375, 0.125)
     for args, message in ((["--save-best"], "--save-best writes the file of --save"),
                           (["--schedule", "step", "--warmup", "10"], "leaves no epoch")):
         assert main(["train", *args]) == 2

@@ -21,5 +21,5 @@ from .progress import History
 from .replicas import ONE_PROCESS, OneProcess
 
 __all__ = ["LOSSES", "History", "Callback", "EarlyStopping", "LearningRateScheduler",
-           "ModelCheckpoint", "callbacks", "OneProcess", "ONE_PROCESS", "train_step", "accumulate_gradients",
-           "fit", "evaluate", "predict"]
+           "ModelCheckpoint", "callbacks", "OneProcess", "ONE_PROCESS", "train_step",
+           "accumulate_gradients", "fit", "evaluate", "predict"]
