@@ -238,11 +238,11 @@ def train(args) -> int:
     print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}"
           + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
           + (f" after {args.warmup} warm-up epochs" if args.warmup else ""))
+    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
     validation = {} if "validation_split" in habits else {"validation_data": (x_test, y_test)}
     if not validation:
         print("validation: the last 10% of the training images, held out (what "
               "--early-stopping and --save-best watch)")
-    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")

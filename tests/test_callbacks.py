@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import portacnn
+from portacnn import Dense, Flatten, Sequential
 from portacnn.cli import main
 from portacnn.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from portacnn.optim import SGD
@@ -21,12 +22,13 @@ class Script(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs["val_loss"] = self.values[epoch]
-        self.weights.append([np.array(p.value, copy=True) for p in self.model.parameters()])
+        self.weights.append([self.model.backend.to_numpy(p.value).copy()
+                             for p in self.model.parameters()])
 
 
-def _fit(callbacks, epochs=8):
+def _fit(callbacks, epochs=8, model=None):
     x, y = toy_data(12)
-    model = small_net(seed=2)
+    model = small_net(seed=2) if model is None else model
     history = model.fit(x, y, epochs=epochs, batch_size=6, optimizer=SGD(0.05), verbose=0,
                         validation_data=(x, y), callbacks=callbacks)
     return model, history
@@ -51,12 +53,15 @@ def test_early_stopping_in_max_mode_stops_when_the_metric_falls():
     assert len(history["loss"]) == 2 and stop.best == history["loss"][0]
 
 
-def test_restore_best_weights_restores_the_best_epoch():
+def test_restore_best_weights_restores_the_best_epoch(core_backend):
+    """The best epoch's parameters, kept as device copies on every backend."""
     script = Script([1.0, 0.5, 0.7, 0.8, 0.9, 0.95])
-    model, history = _fit([script, EarlyStopping(patience=2, restore_best_weights=True)])
+    model = Sequential([Flatten(), Dense(3)], input_shape=(1, 6, 6), device=core_backend)
+    model, history = _fit([script, EarlyStopping(patience=2, restore_best_weights=True)],
+                          model=model)
     assert len(history["loss"]) == 4
     for p, best, last in zip(model.parameters(), script.weights[1], script.weights[-1]):
-        np.testing.assert_array_equal(np.asarray(p.value), best)
+        np.testing.assert_array_equal(core_backend.to_numpy(p.value), best)
         assert not np.array_equal(best, last)
 
 
