@@ -20,17 +20,11 @@ An optimizer belongs to the parameters of its first step (:meth:`Optimizer.bind`
 and step count are theirs, so another model's parameters are refused with the way to make a
 fresh optimizer, rather than updated with the first model's momentum.
 
-The rate is a plain Python float, ``optimizer.learning_rate`` (also ``optimizer.lr``), read
-by the update rule at each step: setting it between steps (a schedule,
-:class:`portacnn.training.LearningRateScheduler`) takes effect at the next step, keeps the
-state, and compiles nothing anew (the fused update is ordinary array operations with the rate
-as a scalar argument).
-
-``global_clipnorm`` clips the gradients by their global norm first, PyTorch's
-``torch.nn.utils.clip_grad_norm_``: with ``n`` the 2-norm of all gradients laid end to end,
-each gradient is multiplied by ``min(1, global_clipnorm / (n + 1e-6))``, a 0-d device array
-(nothing is read back to the host). Under data parallelism the optimizer sees the summed
-gradients, so every process clips alike.
+The rate, ``optimizer.learning_rate`` (or ``lr``), is a Python float read at each step: set
+between steps (a schedule) it keeps the state and compiles nothing anew. ``global_clipnorm``
+first scales the gradients by ``min(1, global_clipnorm / (n + 1e-6))``, ``n`` the 2-norm of
+all of them together (PyTorch's ``clip_grad_norm_``), a 0-d device array; under data
+parallelism the gradients are already summed, so every process clips alike.
 
     >>> opt = SGD(lr=0.02, momentum=0.9)
     >>> opt.step(model.parameters())   # [Parameter, ...]: .name, .value, .grad
@@ -54,10 +48,8 @@ class Optimizer:
     new slot arrays in ``state``.
 
     Attributes:
-        learning_rate: the rate, a positive float (``lr`` is the same attribute), read at
-            each step: it may be set between steps.
-        global_clipnorm: clip the gradients to this global 2-norm before each update, or
-            None (see the module docstring).
+        learning_rate: the rate (``lr`` the same), read at each step: it may be set between.
+        global_clipnorm: the global 2-norm the gradients are clipped to first, or None.
         state: ``{parameter name: {slot: array}}`` on the parameters' device.
         steps: number of ``step`` calls so far.
         state and steps belong to the parameters the optimizer is bound to (:meth:`bind`).
