@@ -9,7 +9,7 @@ and array_api_strict; the backend is chosen in :mod:`portacnn.backends` and nowh
     >>> model.fit(portacnn.data.normalize(x), y, epochs=10, optimizer=portacnn.optim.SGD(0.02, 0.9))
 """
 
-from . import backends, data, kernels, models, optim
+from . import backends, callbacks, data, kernels, models, optim, schedules
 from .backends import Backend, DeviceError, get_backend
 from .checkpoint import CheckpointError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Conv2D, Dense, Dropout, Flatten,
@@ -24,6 +24,6 @@ __all__ = [
     "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError", "Conv2D",
     "Dense", "DeviceError", "Dropout", "Flatten", "GlobalAvgPool2D", "History", "Layer",
     "MaxPool2D", "MinPool2D", "Parameter", "RandomCropFlip", "ReLU", "Sequential", "Sigmoid",
-    "Tanh", "Upsample2D", "backends", "data", "get_backend", "kernels", "load", "models", "optim",
-    "__version__",
+    "Tanh", "Upsample2D", "backends", "callbacks", "data", "get_backend", "kernels", "load",
+    "models", "optim", "schedules", "__version__",
 ]

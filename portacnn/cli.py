@@ -113,7 +113,45 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "fast when another process is busy on the machine (default: %(default)s)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar: one line per epoch, as in a log")
+    # training habits: the rate's schedule, clipping, early stopping, the best checkpoint
+    p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
+                   help="the learning rate over the epochs: step divides it by 10 after each "
+                        "third, cosine anneals it towards 0 (default: %(default)s)")
+    p.add_argument("--warmup", type=_integer(0), default=0, metavar="EPOCHS",
+                   help="epochs of linear warm-up before the schedule (default: %(default)s)")
+    p.add_argument("--clipnorm", type=_positive_float, default=None, metavar="X",
+                   help="clip the gradients to global norm X (default: no clipping)")
+    p.add_argument("--early-stopping", type=_integer(0), default=None, metavar="PATIENCE",
+                   help="stop when val_loss has not improved for PATIENCE epochs and keep the "
+                        "best epoch's weights (default: train every epoch)")
+    p.add_argument("--save-best", action="store_true",
+                   help="write --save after each epoch with the best val_loss so far, not at "
+                        "the end. With this or --early-stopping, val_loss is measured on 10%% "
+                        "of the training images, held out (default: on the test images)")
     return p
+
+
+def _habits(args) -> tuple[dict, dict]:
+    """The optimizer's and ``fit``'s extra arguments for the training-habit options: the
+    clipping, and the callbacks with the validation they watch."""
+    from . import callbacks, schedules
+
+    lr = args.lr or DEFAULT_LR[args.optimizer]
+    decaying = args.epochs - args.warmup
+    schedule = {"constant": None, "step": schedules.step_decay(lr, every=-(-decaying // 3)),
+                "cosine": schedules.cosine_decay(lr, epochs=decaying)}[args.schedule]
+    if args.warmup:
+        schedule = schedules.warmup(lr if schedule is None else schedule, args.warmup)
+    chosen = [] if schedule is None else [callbacks.LearningRateScheduler(schedule)]
+    if args.early_stopping is not None:
+        chosen.append(callbacks.EarlyStopping(patience=args.early_stopping, verbose=1,
+                                              restore_best_weights=True))
+    if args.save_best:
+        chosen.append(callbacks.ModelCheckpoint(args.save, save_best_only=True, verbose=1))
+    fit = {"callbacks": chosen}
+    if args.save_best or args.early_stopping is not None:
+        fit["validation_split"] = 0.1
+    return {"global_clipnorm": args.clipnorm}, fit
 
 
 DEFAULT_LR = {"sgd": 0.02, "adam": 3e-3, "rmsprop": 1e-3}
@@ -152,6 +190,11 @@ def output_problem(args) -> str | None:
             problem = problem or target_problem(args.plots / f"{name}.png", example=None)
         if problem:
             return f"--plots {args.plots}: {problem}"
+    if args.save_best and args.save is None:
+        return "--save-best writes the file of --save: add --save PATH"
+    if args.warmup >= args.epochs and args.schedule != "constant":
+        return (f"--warmup {args.warmup} leaves no epoch of --epochs {args.epochs} for the "
+                f"{args.schedule} schedule: warm up for fewer epochs")
     if args.download and args.data is not None:
         if args.data.exists() and not args.data.is_dir():
             return (f"--data {args.data} is a file: give the directory to download "
@@ -212,26 +255,33 @@ def train(args) -> int:
         print(f"data parallel: {runner.size} processes (MPI), each computing 1/{runner.size} of "
               f"every batch")
     lr = args.lr or DEFAULT_LR[args.optimizer]
-    opt = optim.SGD(lr, momentum=0.9) if args.optimizer == "sgd" else optim.get_optimizer(
-        args.optimizer, lr=lr)
-    print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}")
+    clipping, habits = _habits(args)
+    opt = (optim.SGD(lr, momentum=0.9, **clipping) if args.optimizer == "sgd"
+           else optim.get_optimizer(args.optimizer, lr=lr, **clipping))
+    print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}"
+          + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
+          + (f" after {args.warmup} warm-up epochs" if args.warmup else ""))
     x_train, x_test = (data.normalize(x, dataset.mean, dataset.std, dtype=args.dtype)
                        for x in (x_train, x_test))
     augment = training.RandomCropFlip() if args.augment else None
     if augment is not None:
         print(f"augmentation: {augment} of every training batch")
+    validation = {} if "validation_split" in habits else {"validation_data": (x_test, y_test)}
+    if not validation:
+        print("validation: the last 10% of the training images, held out (what "
+              "--early-stopping and --save-best watch)")
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                             optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
-                             verbose=2 if args.quiet else 1, augment=augment)
+                             optimizer=opt, seed=args.seed, verbose=2 if args.quiet else 1,
+                             augment=augment, **validation, **habits)
         total = time.perf_counter() - t0
         loss, acc = runner.evaluate(x_test, y_test)
     train_s = sum(history["seconds"])
     print(f"test accuracy {acc:.4f} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"training {train_s:.1f} s ({total:.1f} s with validation)")
-    if args.save is not None:
+    if args.save is not None and not args.save_best:
         runner.save(args.save)
         print(f"saved {args.save}")
     if args.plots is not None and (not parallel or runner.is_root):

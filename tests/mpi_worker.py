@@ -28,6 +28,7 @@ import numpy as np
 from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, RandomCropFlip, ReLU,
                       Sequential, Tanh, distributed)
 from portacnn.backends import to_numpy
+from portacnn.callbacks import Callback, ModelCheckpoint
 from portacnn.optim import SGD, Adam
 
 N, BATCH, EPOCHS = 201, 100, 3     # batches of 100, 100 and 1 rows: the last leaves rank 0 empty
@@ -89,8 +90,26 @@ def equivalence(outdir: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.chdir(home)
     dp.save("model.safetensors")
+    results["callbacks"] = stopping_together(comm, dp, x, y)
     if comm.rank == 0:
         (outdir / "results.json").write_text(json.dumps(results, indent=1))
+
+
+class AskToStop(Callback):
+    """Rank r asks to stop after epoch 1 - r: the ranks disagree, and rank 0's word holds."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1 - distributed.world().rank:
+            self.model.stop_training = True
+
+
+def stopping_together(comm, dp, x, y) -> dict:
+    """A fit with callbacks: the epochs each rank ran (rank 0 decides when all stop) and the
+    checkpoints written (rank 0 only, into its own directory)."""
+    history = dp.fit(x, y, epochs=4, batch_size=BATCH, optimizer=SGD(0.05), verbose=0,
+                     callbacks=[AskToStop(), ModelCheckpoint("best.safetensors", monitor="loss",
+                                                             save_best_only=True)])
+    return {"epochs": comm.allgather(len(history["loss"]))}
 
 
 class FailingSGD(SGD):

@@ -216,8 +216,13 @@ def test_evaluate_and_predict_shard_and_gather_in_order(equivalence):
 def test_only_rank_0_writes(equivalence):
     outdir, job, _ = equivalence
     assert (outdir / "rank0" / "model.safetensors").exists()
+    assert (outdir / "rank0" / "best.safetensors").exists()          # ModelCheckpoint's
     assert list((outdir / "rank1").iterdir()) == []
     assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 4       # one line a fit
+
+
+def test_callbacks_stop_every_rank_together_on_rank_0s_word(equivalence):
+    assert equivalence[2]["callbacks"]["epochs"] == [2, 2]      # rank 1 asked after epoch 1
 
 
 @pytest.fixture(scope="module")

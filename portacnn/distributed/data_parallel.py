@@ -230,6 +230,11 @@ class DataParallel:
                  self.comm, "gathering the predictions", self.timeout)
         return self.model.backend.asarray(whole)
 
+    def from_root(self, value):
+        """Rank 0's ``value`` (a small picklable object, such as whether a callback stopped
+        training) on every process."""
+        return mpi.broadcast_object(self.comm, value, "rank 0's decision to stop", self.timeout)
+
     # --- the model's interface, across the processes ------------------------------------
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer="sgd", *,
             seed: int | None = 0, **kwargs) -> training.History:

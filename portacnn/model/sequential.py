@@ -299,6 +299,9 @@ class Sequential:
                 and the epoch, alike on every backend and process.
             verbose: 0 silent, 1 progress (a bar on a terminal; otherwise a line every few
                 seconds of a long epoch) and a line per epoch, 2 the epoch lines only.
+            callbacks: :class:`~portacnn.training.Callback` objects run around each epoch
+                (:mod:`portacnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
+                ``LearningRateScheduler`` for a schedule of :mod:`portacnn.schedules`).
 
         Returns:
             :class:`~portacnn.training.History` with per-epoch loss, accuracy, val_loss,

@@ -10,14 +10,19 @@ container's interface (:class:`portacnn.Sequential` calls them), one job per mod
   checks;
 - :mod:`.augment`: ``RandomCropFlip``, augmentation of each training batch where it lives,
   drawn alike on every process;
+- :mod:`.callbacks`: ``Callback`` and Keras's ``EarlyStopping``, ``ModelCheckpoint`` and
+  ``LearningRateScheduler``, run by ``fit(..., callbacks=[...])`` around each epoch;
 - :mod:`.replicas`: ``OneProcess``, the protocol of where a batch is computed, which
   :class:`portacnn.distributed.DataParallel` implements across processes.
 """
 
 from .augment import RandomCropFlip
+from . import callbacks
+from .callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from .loop import LOSSES, accumulate_gradients, evaluate, fit, predict, train_step
 from .progress import History
 from .replicas import ONE_PROCESS, OneProcess
 
-__all__ = ["LOSSES", "History", "RandomCropFlip", "OneProcess", "ONE_PROCESS", "train_step",
-           "accumulate_gradients", "fit", "evaluate", "predict"]
+__all__ = ["LOSSES", "History", "Callback", "EarlyStopping", "LearningRateScheduler",
+           "ModelCheckpoint", "RandomCropFlip", "callbacks", "OneProcess", "ONE_PROCESS",
+           "train_step", "accumulate_gradients", "fit", "evaluate", "predict"]

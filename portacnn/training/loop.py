@@ -33,7 +33,7 @@ the samples of a batch or draw random numbers (batch norm, dropout) always run t
 default, :data:`~.replicas.ONE_PROCESS`, is this process alone.
 :class:`portacnn.distributed.DataParallel` passes itself: each process then computes its shard
 of every batch and the shards' gradients and sums are added up across processes (see
-:class:`~.replicas.OneProcess` for the four methods).
+:class:`~.replicas.OneProcess` for its methods).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from ..optim import SGD, get_optimizer
 from ..scalars import is_real, seed_or_none
 from . import checks, staging
 from .augment import check_augmentation, epoch_rng
+from .callbacks import CallbackList
 from .progress import Divergence, History, Progress
 from .replicas import ONE_PROCESS, OneProcess
 
@@ -141,12 +142,14 @@ def _hits(model, logits, yb):
 @on_device
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
-        seed: int | None = 0, verbose: int = 1, file=None, augment=None,
+        seed: int | None = 0, verbose: int = 1, file=None, augment=None, callbacks=None,
         replicas: OneProcess = ONE_PROCESS) -> History:
     """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
     ``augment``: applied to each training batch (not to validation data), with plans drawn
     for the whole batch from :func:`~.augment.epoch_rng` (see :mod:`.augment`).
-    ``replicas``: where each batch is computed (see the module's docstring)."""
+    ``callbacks``: :class:`~.callbacks.Callback` objects run around each epoch; training ends
+    early after an epoch where one sets ``model.stop_training`` (rank 0's decides for every
+    process). ``replicas``: where each batch is computed (see the module's docstring)."""
     epochs = checks.positive_int(epochs, "epochs")
     augment = check_augmentation(augment)
     batch_size = checks.positive_int(batch_size, "batch_size")
@@ -169,7 +172,12 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     divergence = Divergence(epochs, optimizer, batch_size, classes=model.output_shape[0],
                             hint=has_accuracy and replicas.is_root)
     history = History()
+    callbacks = CallbackList(callbacks, model, {"epochs": epochs, "steps": steps,
+                                                "verbose": verbose, "is_root": replicas.is_root})
+    callbacks.on_train_begin()
+    logs = {}
     for epoch in range(1, epochs + 1):
+        callbacks.on_epoch_begin(epoch - 1)
         order = rng.permutation(n) if shuffle else None
         progress = (Progress(steps, epoch, divergence, file, accuracy=has_accuracy,
                              live=model.backend.host_sync_is_free) if verbose == 1 else None)
@@ -186,7 +194,12 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
                        seconds=seconds, images_per_s=n / seconds)
         if verbose:
             print(history.line(epochs), file=file or sys.stdout, flush=True)
+        logs = {key: values[-1] for key, values in history.history.items()}
+        callbacks.on_epoch_end(epoch - 1, logs)
+        if callbacks and replicas.from_root(model.stop_training):
+            break
     model.train()
+    callbacks.on_train_end(logs)
     return history
 
 
