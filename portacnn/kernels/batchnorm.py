@@ -27,6 +27,7 @@ deviations from their own mean, and combines them as Chan et al. (1979) do: with
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from ..namespace import namespace
@@ -75,28 +76,27 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training: bo
     xp = namespace(x, gamma, beta, running_mean, running_var)
     c = gamma.shape[0]
     axes, bshape = _axes_and_shape(x, c)
-    count, n = 1, None
-    for a in axes:
-        count *= x.shape[a]
-    if training and gather is None:
-        _too_few(count, x)
-        mean = xp.mean(x, axis=axes, keepdims=True)
-        centred = x - mean
-        var = xp.reshape(xp.mean(centred * centred, axis=axes, keepdims=True), (c,))
-        unbiased = var * (count / (count - 1))
-    elif training:
-        mean, centred, var, n = _gathered_statistics(x, axes, bshape, count, gather)
-        _too_few(float(n[0]), x)
-        unbiased = var * (n / (n - 1))
-    if training:
+    n = None                            # with gather: the values a channel over every process
+    if not training:
+        inv_std = 1.0 / xp.sqrt(xp.reshape(running_var, bshape) + eps)
+        x_hat = (x - xp.reshape(running_mean, bshape)) * inv_std
+        new_mean, new_var = running_mean, running_var
+    else:
+        count = math.prod(x.shape[a] for a in axes)
+        if gather is None:
+            _too_few(count, x)
+            mean = xp.mean(x, axis=axes, keepdims=True)
+            centred = x - mean
+            var = xp.reshape(xp.mean(centred * centred, axis=axes, keepdims=True), (c,))
+            unbiased = var * (count / (count - 1))
+        else:
+            mean, centred, var, n = _gathered_statistics(x, axes, bshape, count, gather)
+            _too_few(float(n[0]), x)
+            unbiased = var * (n / (n - 1))
         inv_std = 1.0 / xp.sqrt(xp.reshape(var, bshape) + eps)
         x_hat = centred * inv_std
         new_mean = (1 - momentum) * running_mean + momentum * xp.reshape(mean, (c,))
         new_var = (1 - momentum) * running_var + momentum * unbiased
-    else:
-        inv_std = 1.0 / xp.sqrt(xp.reshape(running_var, bshape) + eps)
-        x_hat = (x - xp.reshape(running_mean, bshape)) * inv_std
-        new_mean, new_var = running_mean, running_var
     g = xp.reshape(gamma, bshape)
     y = x_hat * g + xp.reshape(beta, bshape)
     cache = BatchNormCache(x_hat, inv_std, g, axes, training, gather if training else None, n)
