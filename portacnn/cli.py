@@ -65,8 +65,10 @@ def _version() -> str:
 
 def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     """The options of ``train``; each help text ends with the option's default."""
-    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the "
-                                       "bundled sample by default).")
+    from .data import DATASETS
+
+    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the bundled sample by default), "
+                                       "Fashion-MNIST or CIFAR-10.")
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--device", default=None,
                    help="cpu (NumPy) or gpu / cuda:N (CuPy) (default: $PORTACNN_DEVICE or cpu)")
@@ -83,12 +85,20 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "rmsprop)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "rmsprop"],
                    help="sgd uses momentum 0.9 (default: %(default)s)")
+    p.add_argument("--dataset", default="mnist", choices=list(DATASETS),
+                   help="what to train on; the model takes its image shape (default: "
+                        "%(default)s)")
     p.add_argument("--data", default=None, type=Path, metavar="DIR",
-                   help="a directory of MNIST IDX files (default: the bundled 4,000/1,000 sample)")
+                   help="a directory of the data set's files: MNIST's IDX files, CIFAR-10's "
+                        "binary version (default: the bundled 4,000/1,000 MNIST sample; the "
+                        "download cache for the others)")
     p.add_argument("--download", action="store_true",
-                   help="download full MNIST into --data DIR (default $PORTACNN_DATA/mnist or "
-                        "~/.cache/portacnn/mnist; needs portacnn[data]); later runs read it with "
-                        "--data DIR")
+                   help="download the full data set into --data DIR (default $PORTACNN_DATA/NAME "
+                        "or ~/.cache/portacnn/NAME; needs portacnn[data]); later runs read it "
+                        "with --data DIR")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (zero padding 4) and horizontal flip of every training "
+                        "batch, the CIFAR standard (default: off)")
     p.add_argument("--seed", type=_integer(0), default=0,
                    help="seed of the initial weights and the shuffling (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -103,7 +113,45 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "fast when another process is busy on the machine (default: %(default)s)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar: one line per epoch, as in a log")
+    # training habits: the rate's schedule, clipping, early stopping, the best checkpoint
+    p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
+                   help="the learning rate over the epochs: step divides it by 10 after each "
+                        "third, cosine anneals it towards 0 (default: %(default)s)")
+    p.add_argument("--warmup", type=_integer(0), default=0, metavar="EPOCHS",
+                   help="epochs of linear warm-up before the schedule (default: %(default)s)")
+    p.add_argument("--clipnorm", type=_positive_float, default=None, metavar="X",
+                   help="clip the gradients to global norm X (default: no clipping)")
+    p.add_argument("--early-stopping", type=_integer(0), default=None, metavar="PATIENCE",
+                   help="stop when val_loss has not improved for PATIENCE epochs and keep the "
+                        "best epoch's weights (default: train every epoch)")
+    p.add_argument("--save-best", action="store_true",
+                   help="write --save after each epoch with the best val_loss so far, not at "
+                        "the end. With this or --early-stopping, val_loss is measured on 10%% "
+                        "of the training images, held out (default: on the test images)")
     return p
+
+
+def _habits(args) -> tuple[dict, dict]:
+    """The optimizer's and ``fit``'s extra arguments for the training-habit options: the
+    clipping, and the callbacks with the validation they watch."""
+    from . import callbacks, schedules
+
+    lr = args.lr or DEFAULT_LR[args.optimizer]
+    decaying = args.epochs - args.warmup
+    schedule = {"constant": None, "step": schedules.step_decay(lr, every=-(-decaying // 3)),
+                "cosine": schedules.cosine_decay(lr, epochs=decaying)}[args.schedule]
+    if args.warmup:
+        schedule = schedules.warmup(lr if schedule is None else schedule, args.warmup)
+    chosen = [] if schedule is None else [callbacks.LearningRateScheduler(schedule)]
+    if args.early_stopping is not None:
+        chosen.append(callbacks.EarlyStopping(patience=args.early_stopping, verbose=1,
+                                              restore_best_weights=True))
+    if args.save_best:
+        chosen.append(callbacks.ModelCheckpoint(args.save, save_best_only=True, verbose=1))
+    fit = {"callbacks": chosen}
+    if args.save_best or args.early_stopping is not None:
+        fit["validation_split"] = 0.1
+    return {"global_clipnorm": args.clipnorm}, fit
 
 
 DEFAULT_LR = {"sgd": 0.02, "adam": 3e-3, "rmsprop": 1e-3}
@@ -142,13 +190,25 @@ def output_problem(args) -> str | None:
             problem = problem or target_problem(args.plots / f"{name}.png", example=None)
         if problem:
             return f"--plots {args.plots}: {problem}"
+    if args.save_best and args.save is None:
+        return "--save-best writes the file of --save: add --save PATH"
+    if args.warmup >= args.epochs and args.schedule != "constant":
+        return (f"--warmup {args.warmup} leaves no epoch of --epochs {args.epochs} for the "
+                f"{args.schedule} schedule: warm up for fewer epochs")
     if args.download and args.data is not None:
         if args.data.exists() and not args.data.is_dir():
-            return f"--data {args.data} is a file: give the directory to download MNIST into"
+            return (f"--data {args.data} is a file: give the directory to download "
+                    f"{_title(args)} into")
         problem = folder_problem(args.data)
         if problem:
             return f"--data {args.data}: {problem}"
     return None
+
+
+def _title(args) -> str:
+    from .data import DATASETS
+
+    return DATASETS[args.dataset].title
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -156,7 +216,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def train(args) -> int:
-    from . import data, distributed, optim
+    from . import data, distributed, optim, training
     from .allocator import keep_freed_memory
     from .backends import get_backend
 
@@ -175,41 +235,53 @@ def train(args) -> int:
             raise PlotError('--plots needs matplotlib: pip install "portacnn[viz]"') from None
     if args.data is not None and not args.download and not args.data.is_dir():
         raise data.DataError(f"--data {args.data}: no such directory (add --download to fetch "
-                             "MNIST there)")
-    directory = args.data
+                             f"{_title(args)} there)")
+    dataset, directory = data.DATASETS[args.dataset], args.data
     if args.download:
         def download():
-            return data.download_mnist(args.data, progress=sys.stderr.isatty())
+            return dataset.download(args.data, progress=sys.stderr.isatty())
         # under mpiexec rank 0 downloads; the others then find the files in place
         directory = distributed.root_first(download) if parallel else download()
-    (x_train, y_train), (x_test, y_test) = data.load_mnist(directory)
-    source = "bundled MNIST sample" if directory is None else f"MNIST in {directory}"
+    (x_train, y_train), (x_test, y_test) = dataset.load(directory)
+    source = ("bundled MNIST sample" if directory is None and args.dataset == "mnist" else
+              f"{dataset.title} in {directory or data.default_cache_dir() / dataset.cache_folder}")
     print(f"device: {args.device or 'default'} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
-    x_train, x_test = data.normalize(x_train, dtype=args.dtype), data.normalize(x_test, dtype=args.dtype)
-    model = MODELS[args.model](input_shape=tuple(x_train.shape[1:]), device=backend,
-                               dtype=args.dtype, seed=args.seed)
+    model = MODELS[args.model](input_shape=dataset.shape, device=backend, dtype=args.dtype,
+                               seed=args.seed)
     model.summary()
     runner = distributed.DataParallel(model) if parallel else model
     if parallel:
         print(f"data parallel: {runner.size} processes (MPI), each computing 1/{runner.size} of "
               f"every batch")
     lr = args.lr or DEFAULT_LR[args.optimizer]
-    opt = optim.SGD(lr, momentum=0.9) if args.optimizer == "sgd" else optim.get_optimizer(
-        args.optimizer, lr=lr)
-    print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}")
+    clipping, habits = _habits(args)
+    opt = (optim.SGD(lr, momentum=0.9, **clipping) if args.optimizer == "sgd"
+           else optim.get_optimizer(args.optimizer, lr=lr, **clipping))
+    print(f"optimizer: {opt}, batch size {args.batch_size}, {args.epochs} epochs, {args.dtype}"
+          + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
+          + (f" after {args.warmup} warm-up epochs" if args.warmup else ""))
+    x_train, x_test = (data.normalize(x, dataset.mean, dataset.std, dtype=args.dtype)
+                       for x in (x_train, x_test))
+    augment = training.RandomCropFlip() if args.augment else None
+    if augment is not None:
+        print(f"augmentation: {augment} of every training batch")
+    validation = {} if "validation_split" in habits else {"validation_data": (x_test, y_test)}
+    if not validation:
+        print("validation: the last 10% of the training images, held out (what "
+              "--early-stopping and --save-best watch)")
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                             optimizer=opt, validation_data=(x_test, y_test), seed=args.seed,
-                             verbose=2 if args.quiet else 1)
+                             optimizer=opt, seed=args.seed, verbose=2 if args.quiet else 1,
+                             augment=augment, **validation, **habits)
         total = time.perf_counter() - t0
         loss, acc = runner.evaluate(x_test, y_test)
     train_s = sum(history["seconds"])
     print(f"test accuracy {acc:.4f} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"training {train_s:.1f} s ({total:.1f} s with validation)")
-    if args.save is not None:
+    if args.save is not None and not args.save_best:
         runner.save(args.save)
         print(f"saved {args.save}")
     if args.plots is not None and (not parallel or runner.is_root):

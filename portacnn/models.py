@@ -133,8 +133,8 @@ def resnet20(input_shape=(3, 32, 32), num_classes: int = 10, *, device=None,
     272,474 parameters (option A: 269,722) and 1,568 running statistics of the batch norms.
     Layers are named by stage and block: ``s2.1.conv1``, ``s2.1.proj``, ``s2.1.add``.
 
-    Batch normalisation couples the samples of a batch, so this model trains in one process
-    (:class:`~portacnn.distributed.DataParallel` refuses it).
+    Under :class:`~portacnn.distributed.DataParallel` its batch norms normalise over every
+    process's rows of a batch, as in one process.
 
     Args:
         input_shape: (C, H, W) per image; any size (the pooling is global), e.g. (1, 28, 28).

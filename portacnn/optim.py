@@ -20,8 +20,15 @@ An optimizer belongs to the parameters of its first step (:meth:`Optimizer.bind`
 and step count are theirs, so another model's parameters are refused with the way to make a
 fresh optimizer, rather than updated with the first model's momentum.
 
+The rate, ``optimizer.learning_rate`` (or ``lr``), is a Python float read at each step: set
+between steps (a schedule) it keeps the state and compiles nothing anew. ``global_clipnorm``
+first scales the gradients by ``min(1, global_clipnorm / (n + 1e-6))``, ``n`` the 2-norm of
+all of them together (PyTorch's ``clip_grad_norm_``), a 0-d device array; under data
+parallelism the gradients are already summed, so every process clips alike.
+
     >>> opt = SGD(lr=0.02, momentum=0.9)
     >>> opt.step(model.parameters())   # [Parameter, ...]: .name, .value, .grad
+    >>> opt.learning_rate = 0.002      # from the next step on
 """
 
 from __future__ import annotations
@@ -41,21 +48,36 @@ class Optimizer:
     new slot arrays in ``state``.
 
     Attributes:
-        lr: learning rate (may be changed between steps).
+        learning_rate: the rate (``lr`` the same), read at each step: it may be set between.
+        global_clipnorm: the global 2-norm the gradients are clipped to first, or None.
         state: ``{parameter name: {slot: array}}`` on the parameters' device.
         steps: number of ``step`` calls so far.
         state and steps belong to the parameters the optimizer is bound to (:meth:`bind`).
     """
 
-    def __init__(self, lr: float, weight_decay: float = 0.0):
-        self.lr = positive_real(lr, "learning rate")
+    def __init__(self, lr: float, weight_decay: float = 0.0, *,
+                 global_clipnorm: float | None = None):
+        self.learning_rate = lr
         if not (is_real(weight_decay) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
+        self.global_clipnorm = (None if global_clipnorm is None
+                                else positive_real(global_clipnorm, "global_clipnorm"))
         self.state: dict[str, dict] = {}
         self.steps = 0
         self._flat: dict[tuple, tuple] = {}     # (names, slot) -> (flat array, its views)
         self._owners: dict[str, weakref.ref] = {}   # parameter name -> its layer, from bind
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate (Keras's name; ``lr`` is the same), read at each step."""
+        return self._lr
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self._lr = positive_real(value, "learning rate")
+
+    lr = learning_rate
 
     def bind(self, parameters) -> None:
         """Tie the optimizer to ``parameters`` (``model.parameters()``) if it is tied to none
@@ -84,7 +106,8 @@ class Optimizer:
         Where the parameters' backend's kernel set has ``fuse_updates``, parameters that share
         a dtype and the same state slots (all of them after the first step) are updated
         together: one call of ``_update`` on 1-D arrays of ``sum(p.size)`` elements. Otherwise
-        each parameter is one call on its own arrays.
+        each parameter is one call on its own arrays. With ``global_clipnorm`` the gradients
+        are clipped first (``p.grad`` itself is left as it is).
         """
         parameters = list(parameters)
         self.bind(parameters)
@@ -97,8 +120,9 @@ class Optimizer:
             if backend is None or backend.kernels.fuse_updates:
                 self._step_fused(params)
                 return
+            scale = self._clip_scale([p.grad for p in params])
             for p in params:
-                grad = p.grad
+                grad = p.grad if scale is None else p.grad * scale
                 if self.weight_decay:
                     grad = grad + self.weight_decay * p.value
                 p.value = self._update(p.value, grad, self.state.setdefault(p.name, {}))
@@ -111,15 +135,17 @@ class Optimizer:
             groups.setdefault(key, []).append(p)
         cached = self._flat
         self._flat = {}             # filled again by this step: flat arrays no longer used go
-        for (_, slots), group in groups.items():
-            self._step_together(group, tuple(p.name for p in group), slots, cached)
+        xp = namespace(*(p.grad for p in params))
+        flat_grads = [_flat_of(xp, None, [p.grad for p in group]) for group in groups.values()]
+        scale = self._clip_scale(flat_grads)
+        for ((_, slots), group), grad in zip(groups.items(), flat_grads):
+            self._step_together(group, tuple(p.name for p in group), slots, cached,
+                                grad if scale is None else grad * scale)
 
-    def _step_together(self, params, names: tuple, slots: tuple, cached: dict) -> None:
+    def _step_together(self, params, names: tuple, slots: tuple, cached: dict, grad) -> None:
         # One update of `params`: flat value, gradient and slots (N,) with N = sum of sizes.
-        grads = [p.grad for p in params]
-        xp = namespace(*grads)
+        xp = namespace(grad)
         value = _flat_of(xp, cached.get((names, "value")), [p.value for p in params])
-        grad = _flat_of(xp, None, grads)
         if self.weight_decay:
             grad = grad + self.weight_decay * value
         state = {slot: _flat_of(xp, cached.get((names, slot)),
@@ -131,6 +157,20 @@ class Optimizer:
         for slot, flat in state.items():
             for p, view in zip(params, self._unflatten(names, slot, flat, shapes)):
                 self.state.setdefault(p.name, {})[slot] = view
+
+    def _clip_scale(self, grads: list):
+        """The factor ``min(1, global_clipnorm / (norm + 1e-6))`` (PyTorch's
+        ``clip_grad_norm_``) for the 2-norm of all of ``grads`` together, a 0-d device array;
+        None without ``global_clipnorm``. One sum of squares per array (one in all when the
+        update is fused)."""
+        if self.global_clipnorm is None:
+            return None
+        xp = namespace(*grads)
+        total = None
+        for g in grads:
+            squares = xp.sum(g * g)
+            total = squares if total is None else total + squares
+        return xp.clip(self.global_clipnorm / (xp.sqrt(total) + 1e-6), max=1.0)
 
     def _unflatten(self, names: tuple, key: str, flat, shapes: list) -> list:
         """Views ``reshape(flat[start:stop], shape)`` of a 1-D array, one per shape, remembered
@@ -172,7 +212,10 @@ class Optimizer:
 
     def get_config(self) -> dict:
         """Hyper-parameters as JSON-able values (saved in checkpoints)."""
-        return {"name": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay}
+        config = {"name": type(self).__name__, "lr": self.lr, "weight_decay": self.weight_decay}
+        if self.global_clipnorm is not None:
+            config["global_clipnorm"] = self.global_clipnorm
+        return config
 
     def __repr__(self) -> str:
         cfg = self.get_config()
@@ -188,8 +231,8 @@ class SGD(Optimizer):
     """
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
+                 weight_decay: float = 0.0, *, global_clipnorm: float | None = None):
+        super().__init__(lr, weight_decay, global_clipnorm=global_clipnorm)
         if not (is_real(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if nesterov and momentum == 0:
@@ -220,8 +263,8 @@ class Adam(Optimizer):
     """
 
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
+                 weight_decay: float = 0.0, *, global_clipnorm: float | None = None):
+        super().__init__(lr, weight_decay, global_clipnorm=global_clipnorm)
         b1, b2 = betas
         if not all(is_real(b) and 0.0 <= b < 1.0 for b in (b1, b2)):
             raise ValueError(f"betas must be in [0, 1), got {betas!r}")
@@ -250,8 +293,9 @@ class RMSprop(Optimizer):
     (with momentum: ``buf = mu buf + g / (sqrt(v) + eps)``, ``p -= lr buf``)."""
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
+                 momentum: float = 0.0, weight_decay: float = 0.0, *,
+                 global_clipnorm: float | None = None):
+        super().__init__(lr, weight_decay, global_clipnorm=global_clipnorm)
         if not (is_real(alpha) and 0.0 <= alpha < 1.0):
             raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
         if not (is_real(momentum) and 0.0 <= momentum < 1.0):

@@ -18,7 +18,8 @@ __all__ = ["pads", "conv2d", "conv2d_backward", "im2col", "max_pool2d", "max_poo
            "min_pool2d", "min_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
            "global_avg_pool2d", "global_avg_pool2d_backward", "dense", "dense_backward",
            "softmax_cross_entropy", "mse", "upsample_nearest", "upsample_nearest_backward",
-           "batchnorm_train", "pad_replicate", "add", "concatenate", "concatenate_backward"]
+           "batchnorm_train", "pad_replicate", "random_crop_flip", "add", "concatenate",
+           "concatenate_backward"]
 
 
 def _two(v):
@@ -322,3 +323,18 @@ def concatenate_backward(dy, sizes, axis):
         pieces.append(dx)
         offset += size
     return pieces
+
+
+def random_crop_flip(x, plan, padding):
+    """Each image of ``x`` (N, C, H, W) zero-padded by ``padding``, the H x W window at the
+    plan's offsets (dy, dx) cut out and, where its flip is 1, mirrored left to right; pixel by
+    pixel."""
+    n, c, h, w = x.shape
+    out = np.zeros_like(x)
+    for i, (dy, dx, flip) in enumerate(plan):
+        for r in range(h):
+            for s in range(w):
+                src_r, src_s = dy + r - padding, dx + (w - 1 - s if flip else s) - padding
+                if 0 <= src_r < h and 0 <= src_s < w:
+                    out[i, :, r, s] = x[i, :, src_r, src_s]
+    return out

@@ -27,7 +27,9 @@ ARRAY_LIBRARIES = {"numpy", "cupy", "torch", "jax", "array_api_strict"}
 HOST_SIDE = {
     "portacnn/reference.py": "naive loops on host NumPy: the readable references, the oracle",
     "portacnn/viz.py": "host NumPy arrays for matplotlib",
-    "portacnn/data/": "MNIST files read into host NumPy arrays, which a model moves per batch",
+    "portacnn/data/": "data set files read into host NumPy arrays, which a model moves per batch",
+    "portacnn/training/augment.py": "host NumPy draws the crops and flips, alike on every "
+                                    "backend and process, and builds their small index arrays",
     "portacnn/distributed/data_parallel.py": "host NumPy buffers that MPI sends and receives",
 }
 

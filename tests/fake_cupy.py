@@ -143,3 +143,96 @@ def broken_cupy(folder):
         "              'installed in your environment: cupy-cuda12x, cupy-cuda13x')\n"
         f"raise ImportError({MIXED_INSTALL_ERROR!r})\n")
     return folder
+
+
+# --- a simulated GPU that trains: NumPy underneath, CuPy's device, pool and sync detection ----
+
+class DeviceSynchronized(RuntimeError):
+    """As ``cupyx.DeviceSynchronized``: a synchronisation while ``allow_synchronize(False)``."""
+
+
+class SimulatedDevice:
+    """A ``cupy.cuda.Device`` that NumPy's array API accepts (it equals ``"cpu"``): ``use()``
+    and ``with`` make it the module's ``current`` device; ``synchronize()`` declares a
+    synchronisation to the simulated ``cupyx``."""
+
+    def __init__(self, cupy, index=0):
+        self.cupy, self.id = cupy, index
+
+    def __eq__(self, other):
+        return other == "cpu" or (isinstance(other, SimulatedDevice) and other.id == self.id)
+
+    def __hash__(self):
+        return hash("cpu")
+
+    def __str__(self):
+        return "cpu"
+
+    def __repr__(self):
+        return f"<simulated CUDA Device {self.id}>"
+
+    def use(self):
+        self.cupy.current = self.id
+
+    def __enter__(self):
+        self._previous, self.cupy.current = self.cupy.current, self.id
+        return self
+
+    def __exit__(self, *exc):
+        self.cupy.current = self._previous
+        return False
+
+    def synchronize(self):
+        self.cupy.cupyx.declare_synchronize(f"Device({self.id}).synchronize()")
+
+
+def simulated_gpu(count=1, used_bytes=None):
+    """``(cupy, cupyx, make)``: a module shaped like ``cupy`` whose backends compute with
+    NumPy, its ``cupyx`` (``allow_synchronize(False)`` makes a synchronisation raise
+    ``DeviceSynchronized``, as CuPy's does) and ``make(index)``, a
+    :class:`~portacnn.backends.CupyBackend` on simulated device ``index`` of ``count``. The
+    memory pool's ``used_bytes()`` is ``used_bytes()`` (default: the bytes tracemalloc traces,
+    which counts NumPy's buffers, from the first call on)."""
+    import contextlib
+    import tracemalloc
+
+    import array_api_compat.numpy as xp
+
+    from portacnn.backends import CupyBackend
+
+    cupy = fake_cupy(count=count)
+    cupyx = types.ModuleType("cupyx")
+    cupyx.DeviceSynchronized = DeviceSynchronized
+    cupyx.allowed = True
+
+    @contextlib.contextmanager
+    def allow_synchronize(allow):
+        old, cupyx.allowed = cupyx.allowed, allow
+        try:
+            yield
+        finally:
+            cupyx.allowed = old
+
+    def declare_synchronize(what):
+        if not cupyx.allowed:
+            raise DeviceSynchronized(f"Device synchronization was detected while disallowed "
+                                     f"({what}).")
+
+    cupyx.allow_synchronize, cupyx.declare_synchronize = allow_synchronize, declare_synchronize
+    cupy.cupyx = cupyx
+
+    def traced():
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+        return tracemalloc.get_traced_memory()[0]
+
+    pool = types.SimpleNamespace(used_bytes=used_bytes or traced, free_all_blocks=lambda: None)
+    cupy.get_default_memory_pool = lambda: pool
+    cupy.cuda.Device = lambda index=0: SimulatedDevice(cupy, index)
+
+    def make(index=0):
+        backend = CupyBackend(xp, "cpu", native=cupy, name="cupy")
+        backend.device = SimulatedDevice(cupy, index)
+        return backend
+
+    return cupy, cupyx, make

@@ -140,6 +140,40 @@ def write_mnist(directory, n_train=12, n_test=5, gz=True, seed=0):
     return arrays
 
 
+def cifar10_bytes(images, labels):
+    """Records of CIFAR-10's binary version: a label byte, then the image's 3,072 bytes (CHW)."""
+    labels = np.asarray(labels, dtype=np.uint8)[:, None]
+    return np.concatenate([labels, np.asarray(images, dtype=np.uint8).reshape(len(labels), -1)],
+                          axis=1).tobytes()
+
+
+def write_cifar10(directory, n=3, archive=True, seed=0):
+    """CIFAR-10's six batch files with ``n`` random images each, as the tarball
+    ``cifar-10-binary.tar.gz`` (``archive``) or the folder ``cifar-10-batches-bin`` in
+    ``directory``; returns ``{file name: (images (n, 3, 32, 32), labels (n,))}``."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    arrays = {name: (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+                     rng.integers(0, 10, n, dtype=np.uint8)) for name in names}
+    folder = directory / "cifar-10-batches-bin"
+    directory.mkdir(parents=True, exist_ok=True)
+    if archive:
+        with tarfile.open(directory / "cifar-10-binary.tar.gz", "w:gz") as tar:
+            for name, (x, y) in arrays.items():
+                data = cifar10_bytes(x, y)
+                info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    else:
+        folder.mkdir(exist_ok=True)
+        for name, (x, y) in arrays.items():
+            (folder / name).write_bytes(cifar10_bytes(x, y))
+    return arrays
+
+
 def mnist_registry(tmp_path):
     """MNIST's gzipped files as a mirror serves them, and their SHA-256:
     ``({file name: bytes}, {file name: hex digest})``."""

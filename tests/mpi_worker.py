@@ -25,21 +25,28 @@ from pathlib import Path
 
 import numpy as np
 
-from portacnn import (Add, AvgPool2D, Conv2D, Dense, Dropout, Flatten, Input, Model, ReLU,
-                      Sequential, Tanh, distributed)
+from portacnn import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                      Input, Layer, Model, RandomCropFlip, ReLU, Sequential, Tanh, distributed)
 from portacnn.backends import to_numpy
+from portacnn.callbacks import Callback, ModelCheckpoint
 from portacnn.optim import SGD, Adam
 
 N, BATCH, EPOCHS = 201, 100, 3     # batches of 100, 100 and 1 rows: the last leaves rank 0 empty
 
 
-def network(dtype, dropout, seed=7, activation=Tanh, rate=0.5, graph=False):
-    if graph:                  # a residual block: a graph model (portacnn.Model)
+def network(dtype, dropout, seed=7, activation=Tanh, rate=0.5, norms=(), graph=False):
+    """Conv - act - pool - dense - ReLU - dense; ``norms`` "2d" / "1d" put batch normalisation
+    after the convolution / the first dense layer. ``graph``: a graph model (portacnn.Model)
+    instead, conv - BN - act, a residual block, pool - dense."""
+    if graph:
         x = Input((1, 8, 8))
-        h = Tanh()(Conv2D(4, 3, padding=1)(x))
+        h = activation()(BatchNorm2D()(Conv2D(4, 3, padding=1)(x)))
         h = ReLU()(Add()([Conv2D(4, 3, padding=1)(h), h]))
         return Model(x, Dense(10)(Flatten()(AvgPool2D(2)(h))), dtype=dtype, seed=seed)
-    layers = [Conv2D(4, 3, padding=1), activation(), AvgPool2D(2), Flatten(), Dense(16), ReLU()]
+    bn2 = [BatchNorm2D()] if "2d" in norms else []
+    bn1 = [BatchNorm1D()] if "1d" in norms else []
+    layers = [Conv2D(4, 3, padding=1), *bn2, activation(), AvgPool2D(2), Flatten(), Dense(16),
+              *bn1, ReLU()]
     if dropout:
         layers.append(Dropout(rate))
     return Sequential(layers + [Dense(10)], input_shape=(1, 8, 8), dtype=dtype, seed=seed)
@@ -53,9 +60,10 @@ def data(dtype):
 
 
 def largest_difference(a_model, b_model):
-    """max |a - b| / max(max |b|, 1) over the parameters."""
+    """max |a - b| / max(max |b|, 1) over the parameters and buffers."""
     worst = 0.0
-    for a, b in zip(a_model.parameters(), b_model.parameters()):
+    for a, b in zip(a_model.parameters() + a_model.buffers(),
+                    b_model.parameters() + b_model.buffers()):
         a, b = to_numpy(a.value), to_numpy(b.value)
         worst = max(worst, float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1.0))
     return worst
@@ -64,25 +72,35 @@ def largest_difference(a_model, b_model):
 def equivalence(outdir: Path) -> None:
     comm = distributed.world()
     results = {"size": comm.size}
-    for name, dtype, dropout in (("float64", "float64", False), ("float32", "float32", False),
-                                 ("dropout", "float64", True), ("graph", "float64", False)):
+    # batchnorm: statistics over shards of 33 and 34 rows; batchnorm2d_empty_shard: the last
+    # batch of 1 row leaves rank 0 no rows (the 2-d norm still has 16 values a channel)
+    for name, dtype, dropout, norms, batch, augment in (
+            ("float64", "float64", False, (), BATCH, None),
+            ("float32", "float32", False, (), BATCH, None),
+            ("dropout", "float64", True, (), BATCH, None),
+            ("augment", "float64", False, (), BATCH, RandomCropFlip(2)),
+            ("batchnorm", "float64", False, ("2d", "1d"), 67, None),
+            ("batchnorm2d_empty_shard", "float64", False, ("2d",), BATCH, None),
+            ("graph", "float64", False, (), 67, None)):      # last: saved, and fit with callbacks
         x, y = data(dtype)
         graph = name == "graph"
-        alone = network(dtype, dropout, graph=graph)
-        history_alone = alone.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
-                                  optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0)
+        alone = network(dtype, dropout, norms=norms, graph=graph)
+        history_alone = alone.fit(x, y, epochs=EPOCHS, batch_size=batch,
+                                  optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=0,
+                                  augment=augment)
         dp = distributed.DataParallel(network(dtype, dropout, seed=7 + 1000 * comm.rank,
-                                              graph=graph))
-        history = dp.fit(x, y, epochs=EPOCHS, batch_size=BATCH,
-                         optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2)
+                                              norms=norms, graph=graph))
+        history = dp.fit(x, y, epochs=EPOCHS, batch_size=batch,
+                         optimizer=SGD(0.05, momentum=0.9), seed=3, verbose=2, augment=augment)
         loss, acc = dp.evaluate(x, y)
         loss_alone, acc_alone = alone.evaluate(x, y)
         probs = to_numpy(dp.predict(x, batch_size=50))
         checksums = comm.allgather([float(np.sum(to_numpy(p.value).astype(np.float64) ** 2))
-                                    for p in dp.model.parameters()])
+                                    for p in dp.model.parameters() + dp.model.buffers()])
         results[name] = {
             "parameters": largest_difference(dp.model, alone),
-            "moved": largest_difference(dp.model, network(dtype, dropout, graph=graph)),
+            "moved": largest_difference(dp.model, network(dtype, dropout, norms=norms,
+                                                          graph=graph)),
             "loss_history": max(abs(a - b) for a, b in zip(history["loss"],
                                                              history_alone["loss"])),
             "evaluate_loss": abs(loss - loss_alone), "evaluate_accuracy": abs(acc - acc_alone),
@@ -94,8 +112,26 @@ def equivalence(outdir: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.chdir(home)
     dp.save("model.safetensors")
+    results["callbacks"] = stopping_together(comm, dp, x, y)
     if comm.rank == 0:
         (outdir / "results.json").write_text(json.dumps(results, indent=1))
+
+
+class AskToStop(Callback):
+    """Rank r asks to stop after epoch 1 - r: the ranks disagree, and rank 0's word holds."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1 - distributed.world().rank:
+            self.model.stop_training = True
+
+
+def stopping_together(comm, dp, x, y) -> dict:
+    """A fit with callbacks: the epochs each rank ran (rank 0 decides when all stop) and the
+    checkpoints written (rank 0 only, into its own directory)."""
+    history = dp.fit(x, y, epochs=4, batch_size=BATCH, optimizer=SGD(0.05), verbose=0,
+                     callbacks=[AskToStop(), ModelCheckpoint("best.safetensors", monitor="loss",
+                                                             save_best_only=True)])
+    return {"epochs": comm.allgather(len(history["loss"]))}
 
 
 class FailingSGD(SGD):
@@ -211,10 +247,19 @@ def checks(outdir: Path) -> None:
         (outdir / "checks.json").write_text(json.dumps(results, indent=1))
 
 
-def same_error() -> None:
-    from portacnn.models import MODELS
+class BatchCentring(Layer):
+    """x - mean(x over the batch): couples the samples with no data-parallel form."""
 
-    distributed.DataParallel(MODELS["lenet5-bn"]())     # refused on every rank
+    samples_independent = False
+
+    def _forward(self, x):
+        self._cache = True
+        return x - self.xp.mean(x, axis=0, keepdims=True)
+
+
+def same_error() -> None:
+    model = Sequential([Flatten(), BatchCentring(), Dense(2)], input_shape=(1, 2, 2))
+    distributed.DataParallel(model)                     # refused on every rank
 
 
 if __name__ == "__main__":

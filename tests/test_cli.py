@@ -9,6 +9,8 @@ import pytest
 import portacnn
 from portacnn.cli import main
 
+from helpers import write_cifar10, write_mnist
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,6 +70,26 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_each_dataset_trains_from_its_files_with_the_models_shape(tmp_path, monkeypatch, capsys):
+    """--dataset: Fashion-MNIST from --data DIR; CIFAR-10 (LeNet-5 on 3x32x32, augmented) from
+    the download cache; a missing cache says how to fill it."""
+    write_mnist(tmp_path / "fashion", n_train=8, n_test=4)
+    write_cifar10(tmp_path / "cache" / "cifar10", n=2)
+    monkeypatch.setenv("PORTACNN_DATA", str(tmp_path / "cache"))
+    fast = ["--epochs", "1", "--batch-size", "4", "--quiet"]
+    assert main(["train", *fast, "--dataset", "fashion-mnist", "--data", str(tmp_path / "fashion")]) == 0
+    out = capsys.readouterr().out
+    assert f"data: Fashion-MNIST in {tmp_path / 'fashion'}, 8 training / 4 test images" in out
+    assert main(["train", *fast, "--dataset", "cifar10", "--augment"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: CIFAR-10 in {tmp_path / 'cache' / 'cifar10'}, 10 training / 2 test" in out
+    assert "augmentation: RandomCropFlip(padding=4, flip=True)" in out
+    assert "input (N, 3, 32, 32)" in out and "Total params: 62,006" in out   # conv1: 3 channels
+    assert main(["train", *fast, "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fashion-mnist does not exist: add --download" in err[0], err
 
 
 def test_unknown_command():

@@ -26,6 +26,8 @@ from portacnn import Dense, Dropout, Flatten, ReLU, Sequential, Tanh, distribute
 from portacnn.distributed import agreement
 from portacnn.optim import SGD
 
+from helpers import write_mnist
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "mpi_worker.py"
 TIMEOUT = 60                   # seconds; a hang fails the test instead of the suite
@@ -100,8 +102,9 @@ def test_launcher_is_read_from_the_environment(monkeypatch):
     assert distributed.launched_by_mpi()
 
 
-def test_batch_norm_models_are_refused_with_the_fix():
-    from portacnn.models import MODELS
+def test_layers_coupling_the_batch_without_a_data_parallel_form_are_refused():
+    class BatchCentring(portacnn.Layer):          # x - mean over the batch
+        samples_independent = False
 
     class OneRank:                 # a communicator of one process: no MPI needed
         rank, size = 0, 1
@@ -109,8 +112,11 @@ def test_batch_norm_models_are_refused_with_the_fix():
         def allgather(self, value):
             return [value]
 
-    with pytest.raises(distributed.DistributedError, match="without batch normalisation"):
-        distributed.DataParallel(MODELS["lenet5-bn"](), comm=OneRank())
+    model = Sequential([Flatten(), BatchCentring(), Dense(2)], input_shape=(1, 2, 2))
+    with pytest.raises(distributed.DistributedError,
+                       match=r"layer 1 \(BatchCentring\) couples the samples of a batch and has "
+                             "no data-parallel form"):
+        distributed.DataParallel(model, comm=OneRank())
 
 
 def test_wait_bound_comes_from_the_argument_the_environment_or_the_default(monkeypatch):
@@ -180,9 +186,14 @@ def equivalence(tmp_path_factory):
     return outdir, job, json.loads((outdir / "results.json").read_text())
 
 
-@pytest.mark.parametrize("case, tolerance", [("float64", 1e-10), ("float32", 1e-5),
-                                             ("graph", 1e-10)])
+@pytest.mark.parametrize("case, tolerance", [
+    ("float64", 1e-10), ("float32", 1e-5),
+    ("batchnorm", 1e-10),                   # statistics over every process's rows
+    ("batchnorm2d_empty_shard", 1e-10),     # ... one of which has none
+    ("graph", 1e-10),                       # a residual block with batch norm (portacnn.Model)
+])
 def test_two_processes_reach_the_one_process_parameters(equivalence, case, tolerance):
+    """Parameters and running statistics after 3 epochs, and the loss of every epoch."""
     _, _, results = equivalence
     got = results[case]
     assert results["size"] == 2
@@ -199,6 +210,13 @@ def test_shuffling_and_dropout_do_not_depend_on_the_process_count(equivalence):
     assert got["moved"] > 1e-2 and got["parameters"] <= 1e-10
 
 
+def test_each_process_augments_its_rows_as_one_process_would(equivalence):
+    # crops and flips drawn per process (or per shard) would differ from one process's and move
+    # the parameters far more than rounding
+    got = equivalence[2]["augment"]
+    assert got["moved"] > 1e-2 and got["parameters"] <= 1e-10 and got["ranks_identical"]
+
+
 def test_evaluate_and_predict_shard_and_gather_in_order(equivalence):
     for case in ("float64", "dropout"):
         got = equivalence[2][case]
@@ -209,10 +227,16 @@ def test_evaluate_and_predict_shard_and_gather_in_order(equivalence):
 
 def test_only_rank_0_writes(equivalence):
     outdir, job, _ = equivalence
-    assert (outdir / "rank0" / "model.safetensors").exists()           # the graph model
-    assert portacnn.load(outdir / "rank0" / "model.safetensors").architecture()["class"] == "Model"
+    assert (outdir / "rank0" / "model.safetensors").exists()
+    assert (outdir / "rank0" / "best.safetensors").exists()          # ModelCheckpoint's
+    saved = portacnn.load(outdir / "rank0" / "model.safetensors")       # the graph model
+    assert isinstance(saved, portacnn.Model)
     assert list((outdir / "rank1").iterdir()) == []
-    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 4       # one line a fit
+    assert len(re.findall(r"^epoch 1/3:", job.stdout, re.M)) == 7       # one line a fit
+
+
+def test_callbacks_stop_every_rank_together_on_rank_0s_word(equivalence):
+    assert equivalence[2]["callbacks"]["epochs"] == [2, 2]      # rank 1 asked after epoch 1
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +323,7 @@ def test_a_failing_rank_ends_the_job_with_its_error():
 
 def test_an_error_of_every_rank_is_reported_once():
     job = run([WORKER, "same_error"])
-    _assert_reported_once(job, "use a model without batch normalisation")
+    _assert_reported_once(job, "has no data-parallel form")
     assert job.stderr.count("Traceback") == 1 and "[process" not in job.stderr
 
 
@@ -333,10 +357,13 @@ def test_cuda_aware_mpi_is_refused_where_the_mpi_has_no_cuda_support():
         assert named in line and "host buffers" in line and "Open MPI" in line, line
 
 
-def test_command_line_refuses_batch_norm_in_one_line():
-    job = run(["-m", "portacnn", "train", "--model", "lenet5-bn", "--epochs", "1", "--quiet"])
-    _assert_reported_once(job, "without batch normalisation")
-    assert job.returncode == 2 and "Traceback" not in job.stderr
+def test_command_line_trains_batch_norm_data_parallel(tmp_path):
+    write_mnist(tmp_path, n_train=40, n_test=10)
+    job = run(["-m", "portacnn", "train", "--model", "lenet5-bn", "--data", tmp_path,
+               "--epochs", "1", "--batch-size", "16", "--quiet"])
+    assert job.returncode == 0, job.stderr
+    assert "bn1 (BatchNorm2D)" in job.stdout and "data parallel: 2 processes" in job.stdout
+    assert 0 <= _accuracy(job.stdout) <= 1
 
 
 @pytest.mark.parametrize("option, values, named", [

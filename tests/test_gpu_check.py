@@ -19,6 +19,8 @@ from fake_cupy import NO_NVRTC, fake_cupy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_check  # noqa: E402
+import gpu_children  # noqa: E402
+import gpu_steps  # noqa: E402
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
@@ -46,21 +48,19 @@ def test_a_broken_cupy_is_reported_with_the_fix(monkeypatch, tmp_path):
     smoke = report["steps"]["smoke"]
     assert not smoke["ok"] and "NVRTC" in smoke["error"] and "portacnn[gpu]" in smoke["error"]
     text = (tmp_path / "gpu_check.md").read_text()
-    assert "| smoke | FAILED |" in text and "## Smoke test failed" in text
+    assert "| smoke | FAILED |" in text and "- **smoke**: CuPy cannot compute" in text
 
 
 def test_the_steps_write_one_report_with_every_figure(tmp_path, capsys):
-    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,train,checkpoint",
-                           "--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,parity,checkpoint",
+                           "--images", "32", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    train, ckpt = report["steps"]["train"], report["steps"]["checkpoint"]
-    assert len(train["device"]["epoch_seconds"]) == 2 and "first_epoch_extra_seconds" in train
-    assert train["accuracy_gap"] <= gpu_check.ACCURACY_GAP
-    assert train["device"]["test_accuracy"] > 0.8
-    assert ckpt["argmax_agreement"] == 1.0 and ckpt["max_probability_gap"] <= 1e-4
+    ckpt = report["steps"]["checkpoint"]
+    for direction in ("device_to_cpu", "cpu_to_device"):
+        assert ckpt[direction]["parameters_equal"] and ckpt[direction]["argmax_agreement"] == 1
     text = (tmp_path / "gpu_check.md").read_text()
-    for step in ("smoke", "train", "checkpoint"):
-        assert f"| {step} | passed |" in text
+    assert "| smoke | passed |" in text and "| checkpoint | passed |" in text
+    assert "| parity | skipped | the device is the CPU" in text
     assert "report:" in capsys.readouterr().out
 
 
@@ -80,34 +80,46 @@ def test_an_exception_in_the_smoke_step_is_its_failure_not_a_traceback(monkeypat
     assert "| smoke | FAILED | AttributeError" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_an_exception_in_a_gpu_epoch_fails_that_step_and_the_next_steps_run(monkeypatch,
-                                                                             tmp_path):
-    def fail(device, epochs, data):
+def test_an_exception_in_a_step_fails_that_step_and_the_next_steps_run(monkeypatch, tmp_path):
+    def fail(*images):
         raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
 
-    monkeypatch.setattr(gpu_check, "_train", fail)
-    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,train,checkpoint",
+    monkeypatch.setattr(gpu_steps, "digits", fail)
+    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,checkpoint,devices",
                            "--out", str(tmp_path)]) == 1
     steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
-    assert steps["smoke"]["ok"]
-    for name in ("train", "checkpoint"):                    # checkpoint ran, and failed alike
-        assert not steps[name]["ok"] and "cudaErrorIllegalAddress" in steps[name]["error"]
-    assert "| train | FAILED | RuntimeError: cudaErrorIllegalAddress" in (
+    assert steps["smoke"]["ok"] and "skipped" in steps["devices"]     # the next step ran
+    assert not steps["checkpoint"]["ok"]
+    assert "cudaErrorIllegalAddress" in steps["checkpoint"]["error"]
+    assert "| checkpoint | FAILED | RuntimeError: cudaErrorIllegalAddress" in (
         tmp_path / "gpu_check.md").read_text()
 
 
 def test_an_in_process_step_past_its_budget_is_stopped(monkeypatch, tmp_path):
-    def hang(device, epochs, data):
-        time.sleep(30)
-
-    monkeypatch.setattr(gpu_check, "_train", hang)
-    monkeypatch.setitem(gpu_check.BUDGETS, "train", 0.5)
+    monkeypatch.setattr(gpu_steps, "digits", lambda *images: time.sleep(30))
+    monkeypatch.setitem(gpu_check.BUDGETS, "checkpoint", 0.5)
     t0 = time.perf_counter()
-    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,train",
+    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,checkpoint",
                            "--out", str(tmp_path)]) == 1
     assert time.perf_counter() - t0 < 15
-    train = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["train"]
-    assert not train["ok"] and "past its budget of 0.5 s" in train["error"]
+    step = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["checkpoint"]
+    assert not step["ok"] and "past its budget of 0.5 s" in step["error"]
+
+
+def test_the_steps_end_within_the_total_and_the_rest_are_recorded(monkeypatch, tmp_path):
+    def slow(*images):
+        time.sleep(30)
+
+    monkeypatch.setattr(gpu_steps, "digits", slow)
+    monkeypatch.setattr(gpu_check, "TOTAL_SECONDS", 1.5)     # checkpoint takes what is left
+    monkeypatch.setattr(gpu_check, "MIN_SECONDS", 0.5)
+    t0 = time.perf_counter()
+    assert gpu_check.main(["--device", "cpu", "--steps", "smoke,checkpoint,devices",
+                           "--out", str(tmp_path)]) == 1
+    assert time.perf_counter() - t0 < 15
+    steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
+    assert "past its budget" in steps["checkpoint"]["error"]
+    assert steps["devices"]["error"].startswith("not run: the check's 1.5 s were spent")
 
 
 # --- the tests step: the CuPy tests of the device asked for ------------------------------------
@@ -144,12 +156,12 @@ def cupy_suite(monkeypatch, tmp_path):
     suite (tmp/tests/test_fake.py): ``run(outcome, device)`` -> (status, tests step record)."""
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(count=4))
     fake_backend = types.SimpleNamespace(accelerator=True, name="cupy")
-    monkeypatch.setattr(gpu_check, "step_smoke", lambda device: (fake_backend, {
+    monkeypatch.setattr(gpu_steps, "step_smoke", lambda device: (fake_backend, {
         "ok": True, "seconds": 0.0, "backend": "CuPy (fake)", "device": {}}))
     root = tmp_path / "checkout"
     (root / "tests").mkdir(parents=True)
     (root / "tests" / "test_fake.py").write_text(FAKE_SUITE)
-    monkeypatch.setattr(gpu_check, "ROOT", root)
+    monkeypatch.setattr(gpu_children, "ROOT", root)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
     def run(outcome, device="cuda:1", expect_gpu="1"):
@@ -194,9 +206,9 @@ def test_the_child_sees_the_gpu_asked_for_within_cuda_visible_devices(monkeypatc
 
 def test_without_pytest_the_tests_step_says_how_to_install_it(monkeypatch):
     real = gpu_check.importlib.util.find_spec
-    monkeypatch.setattr(gpu_check.importlib.util, "find_spec",
+    monkeypatch.setattr(gpu_children.importlib.util, "find_spec",
                         lambda name, *a: None if name == "pytest" else real(name, *a))
-    _, record = gpu_check.step_tests("cupy", "gpu")
+    _, record = gpu_children.step_tests("cupy", "gpu")
     assert not record["ok"] and "pip install pytest" in record["error"]
 
 

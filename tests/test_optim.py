@@ -191,3 +191,33 @@ def test_an_optimizer_belongs_to_the_model_it_first_trains(tmp_path):
         small_net().fit(x, y, epochs=1, batch_size=8, optimizer=loaded.optimizer, verbose=0)
     loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)                  # the one it came with
     assert loaded.optimizer.steps == 12
+
+
+@pytest.mark.parametrize("fuse, clipnorm", [(True, 0.5), (False, 0.5), (True, 100.0)],
+                         ids=["fused", "per-parameter", "under-the-norm"])
+def test_global_clipnorm_matches_torch_clip_grad_norm(core_backend, fuse, clipnorm):
+    """Two parameters clipped together by their global norm, then SGD with momentum and weight
+    decay: PyTorch's clip_grad_norm_ before its step, whichever way the update runs; the rate
+    keeps the clipping through a save and load of the settings."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (optional oracle)")
+    shapes = [(3, 2), (4,)]
+    rng = np.random.default_rng(7)
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(2)]
+    layers = _layers(core_backend, shapes)
+    for layer in layers:
+        layer.backend = types.SimpleNamespace(kernels=types.SimpleNamespace(fuse_updates=fuse),
+                                              activate=contextlib.nullcontext)
+    params = [p for i, layer in enumerate(layers) for p in layer.parameters(f"{i}.")]
+    settings = dict(lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = get_optimizer(SGD(**settings, global_clipnorm=clipnorm).get_config())
+    theirs = [torch.tensor(core_backend.to_numpy(p.value), requires_grad=True) for p in params]
+    torch_opt = torch.optim.SGD(theirs, **settings)
+    for gs in grads:
+        for p, t, g in zip(params, theirs, gs):
+            p.grad, t.grad = core_backend.asarray(g), torch.tensor(g)
+        opt.step(params)
+        torch.nn.utils.clip_grad_norm_(theirs, clipnorm)
+        torch_opt.step()
+        for p, t in zip(params, theirs):
+            assert_close(p.value, t.detach().numpy())
+    assert opt.global_clipnorm == clipnorm

@@ -479,18 +479,27 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_offline_download_says_the_network_is_unreachable_and_leaves_no_folder(tmp_path):
+@pytest.mark.parametrize("name,files,use", [
+    ("mnist", "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz",
+     "--data DIR (load_mnist(DIR)"),
+    ("fashion-mnist", "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz",
+     "--dataset fashion-mnist --data DIR (load_fashion_mnist(DIR)"),
+    ("cifar10", "cifar-10-binary.tar.gz from", "--dataset cifar10 --data DIR (load_cifar10(DIR)"),
+])
+def test_offline_download_says_the_network_is_unreachable_and_leaves_no_folder(tmp_path, name,
+                                                                               files, use):
     pytest.importorskip("pooch", reason="pooch is not installed (portacnn[data])")
-    cache = tmp_path / "cache" / "mnist"
+    from portacnn.data import DATASETS
+
+    cache = tmp_path / "cache" / name
     with pytest.raises(DataError) as info:
-        download_mnist(cache, mirrors=[f"http://127.0.0.1:{_closed_port()}/"], progress=False,
-                       timeout=5)
+        DATASETS[name].download(cache, mirrors=[f"http://127.0.0.1:{_closed_port()}/"],
+                                progress=False, timeout=5)
     text = str(info.value)
     assert "\n" not in text
     assert re.search(r"the network is unreachable \(http://127.0.0.1:\d+/ \(cannot connect: "
                      r"Connection refused\)\)", text), text
-    assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in text
-    assert "--data DIR" in text and "load_mnist(DIR)" in text
+    assert files in text and use in text, text
     assert list(tmp_path.iterdir()) == []                # no empty cache folder left
 
 

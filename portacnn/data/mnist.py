@@ -1,26 +1,29 @@
-"""MNIST: the bundled 5,000-digit sample, a directory of the four IDX files, or a download.
+"""MNIST and Fashion-MNIST: the bundled 5,000-digit sample, a directory of the four IDX files,
+or a verified download into the cache.
 
-Every loader returns host NumPy arrays ``(x_train, y_train), (x_test, y_test)`` with images as
-uint8 ``(N, 28, 28)`` and labels as uint8 ``(N,)``; :func:`normalize` turns images into the
-float ``(N, 1, 28, 28)`` a model takes.
+Fashion-MNIST (Xiao et al., 2017: 28x28 grey photographs of ten kinds of clothing) is a drop-in
+replacement for MNIST: the same four file names, the same IDX format, the same sizes. Every
+loader returns host NumPy arrays ``(x_train, y_train), (x_test, y_test)`` with images as uint8
+``(N, 28, 28)`` and labels as uint8 ``(N,)``; :func:`~.preprocess.normalize` turns images into
+the float ``(N, 1, 28, 28)`` a model takes.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import textwrap
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from .download import DataError, default_cache_dir, fetch
 from .idx import IdxError, read_idx
 
-__all__ = ["load_mnist", "load_sample", "download_mnist", "normalize", "batches", "DataError",
-           "MNIST_FILES", "MNIST_MIRRORS", "MEAN", "STD"]
+__all__ = ["load_mnist", "load_sample", "download_mnist", "load_fashion_mnist",
+           "download_fashion_mnist", "MNIST_FILES", "MNIST_MIRRORS", "FASHION_MNIST_FILES",
+           "FASHION_MNIST_MIRRORS", "MEAN", "STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
 
 MEAN, STD = 0.1307, 0.3081        # pixel mean and std of the 60,000 MNIST training images
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530          # of Fashion-MNIST's
 
 # SHA-256 of the gzipped files as published (also used by torchvision's mirror).
 MNIST_FILES = {
@@ -33,12 +36,20 @@ MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+# SHA-256 of Fashion-MNIST's gzipped files (the authors publish MD5s; these are the hashes
+# TensorFlow Datasets records for the same files).
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+FASHION_MNIST_MIRRORS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
 _PARTS = (("train", "images", 3), ("train", "labels", 1), ("t10k", "images", 3),
           ("t10k", "labels", 1))
-
-
-class DataError(RuntimeError):
-    """Data could not be found, downloaded or verified."""
 
 
 def load_sample():
@@ -50,16 +61,6 @@ def load_sample():
     with resources.files("portacnn.data").joinpath("mnist_sample.npz").open("rb") as fh:
         with np.load(fh) as z:
             return (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
-
-
-def _find(directory: Path, stem: str) -> Path:
-    for candidate in (directory / f"{stem}.gz", directory / stem,
-                      directory / stem.replace("-idx", ".idx")):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{directory} has no {stem}[.gz]: a MNIST directory holds "
-                    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                    "t10k-labels-idx1-ubyte (raw or .gz); use --download to fetch them")
 
 
 def load_mnist(path=None, *, download: bool = False, cache_dir=None):
@@ -81,13 +82,40 @@ def load_mnist(path=None, *, download: bool = False, cache_dir=None):
         return load_sample()
     if download:
         path = download_mnist(cache_dir if path is None else path)
-    directory = Path(path)
+    return _read_idx_set(Path(path), "MNIST")
+
+
+def load_fashion_mnist(path=None, *, download: bool = False, cache_dir=None):
+    """Load Fashion-MNIST: uint8 images (N, 28, 28), labels (N,) in 0-9 (T-shirt/top, trouser,
+    pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot); 60,000 / 10,000.
+
+    Args:
+        path: a directory holding its four IDX files (raw or gzipped, MNIST's file names).
+            ``None``: ``cache_dir``, where :func:`download_fashion_mnist` puts them.
+        download: fetch the files first (once; needs ``portacnn[data]``) into ``path``, or
+            ``cache_dir`` when ``path`` is None.
+        cache_dir: the download folder when ``path`` is None (default
+            ``$PORTACNN_DATA/fashion-mnist`` or ``~/.cache/portacnn/fashion-mnist``).
+
+    Raises:
+        DataError: the directory or a file is missing; IdxError: a file is damaged.
+    """
+    if download:
+        path = download_fashion_mnist(cache_dir if path is None else path)
+    elif path is None:
+        path = default_cache_dir() / "fashion-mnist" if cache_dir is None else cache_dir
+    return _read_idx_set(Path(path), "Fashion-MNIST")
+
+
+def _read_idx_set(directory: Path, title: str):
+    """The four IDX files of ``directory`` as ``(x_train, y_train), (x_test, y_test)``."""
     if not directory.is_dir():
-        raise DataError(f"MNIST directory {directory} does not exist")
+        raise DataError(f"{title} directory {directory} does not exist: add --download to fetch "
+                        f"{title} there (download=True in Python)")
     arrays = {}
     for split, kind, ndim in _PARTS:
         stem = f"{split}-{kind}-idx{ndim}-ubyte"
-        arrays[split, kind] = read_idx(_find(directory, stem), ndim=ndim)
+        arrays[split, kind] = read_idx(_find(directory, stem, title), ndim=ndim)
     for split in ("train", "t10k"):
         n_img, n_lab = arrays[split, "images"].shape[0], arrays[split, "labels"].shape[0]
         if n_img != n_lab:
@@ -96,113 +124,41 @@ def load_mnist(path=None, *, download: bool = False, cache_dir=None):
             (arrays["t10k", "images"], arrays["t10k", "labels"]))
 
 
-def default_cache_dir() -> Path:
-    """``$PORTACNN_DATA`` or ``~/.cache/portacnn``."""
-    return Path(os.environ.get("PORTACNN_DATA") or Path.home() / ".cache" / "portacnn")
+def _find(directory: Path, stem: str, title: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem,
+                      directory / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory} has no {stem}[.gz]: a {title} directory holds "
+                    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                    "t10k-labels-idx1-ubyte (raw or .gz); use --download to fetch them")
 
 
 def download_mnist(directory=None, *, mirrors=MNIST_MIRRORS, files=None, progress: bool = True,
                    timeout: float = 30.0) -> Path:
     """Download the MNIST files into ``directory`` (once) and return it; the default is
     ``default_cache_dir() / "mnist"``. It is the layout :func:`load_mnist` reads: the four
-    files in the directory itself.
-
-    Each file is fetched with pooch from the first mirror that serves it with the expected
-    SHA-256; pooch writes to a temporary file and renames it only after the hash matched, so an
-    interrupted or corrupted download never leaves a file that later loads. Files already in
-    the cache with the right hash are not fetched again.
+    files in the directory itself. Each file is checked against its SHA-256
+    (:func:`~.download.fetch`).
 
     Raises:
-        DataError: pooch is missing (``pip install "portacnn[data]"``), no mirror could be
-            reached (the message names the files to fetch by other means and ``--data``), or
-            no mirror served a file with the right hash; the message says what each mirror
-            answered. A directory this call created is removed again if it stayed empty.
+        DataError: pooch is missing, no mirror could be reached, or none served a file with the
+            right hash (see :func:`~.download.fetch`).
     """
-    try:
-        import pooch
-        import requests
-    except ImportError:
-        raise DataError('downloading MNIST needs pooch: pip install "portacnn[data]"') from None
-    files = dict(MNIST_FILES if files is None else files)
-    target = Path(directory) if directory is not None else default_cache_dir() / "mnist"
-    created = target                   # the outermost folder this call may create
-    while not created.parent.exists():
-        created = created.parent
-    if created.exists():
-        created = None
-    unreachable = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-    for name, sha in files.items():
-        failures, offline = [], True
-        for mirror in mirrors:
-            try:
-                pooch.retrieve(mirror.rstrip("/") + "/" + name, known_hash=f"sha256:{sha}",
-                               fname=name, path=target, progressbar=progress,
-                               downloader=pooch.HTTPDownloader(progressbar=progress,
-                                                               timeout=timeout))
-                break
-            except Exception as exc:   # network errors, HTTP errors, hash mismatch: next mirror
-                failures.append(f"{mirror} ({_reason(exc, isinstance(exc, unreachable))})")
-                offline = offline and isinstance(exc, unreachable)
-        else:
-            _remove_if_empty(target, created)
-            if offline:
-                raise DataError(
-                    f"cannot download MNIST: the network is unreachable ({'; '.join(failures)}). "
-                    f"Fetch {', '.join(files)} from {mirrors[0]} on a machine that is online, "
-                    "put them in one directory and pass it with --data DIR (load_mnist(DIR) in "
-                    "Python); or leave out --download to train on the bundled 4,000-digit "
-                    "sample")
-            raise DataError(f"could not download {name} with SHA-256 {sha[:12]}... from any "
-                            f"mirror: {'; '.join(failures)}")
-    return target
+    return fetch(dict(MNIST_FILES if files is None else files), mirrors,
+                 default_cache_dir() / "mnist" if directory is None else directory,
+                 title="MNIST", progress=progress, timeout=timeout,
+                 offline_hint="put them in one directory and pass it with --data DIR "
+                              "(load_mnist(DIR) in Python); or leave out --download to train "
+                              "on the bundled 4,000-digit sample")
 
 
-def _reason(exc: Exception, unreachable: bool) -> str:
-    """A short reason for a failed download: the socket error of a connection failure (not
-    the whole urllib3 retry story), otherwise the first line of the message, shortened at a
-    word boundary."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if unreachable and errno:
-        return f"cannot connect: {errno.group(1).strip()}"
-    first = text.splitlines()[0] if text else ""
-    return textwrap.shorten(f"{type(exc).__name__}: {first}", 160, placeholder=" ...")
-
-
-def _remove_if_empty(target: Path, created: Path | None) -> None:
-    """Remove ``target`` and its parents up to ``created`` (the first folder a download made)
-    while they are empty, so a failed download leaves no empty cache directory."""
-    if created is None:
-        return
-    folder = target
-    while True:
-        try:
-            folder.rmdir()             # only succeeds on an empty folder
-        except OSError:
-            return
-        if folder == created:
-            return
-        folder = folder.parent
-
-
-def normalize(images, mean: float = MEAN, std: float = STD, dtype="float32") -> np.ndarray:
-    """uint8 images (N, H, W) or (N, C, H, W) -> float ``(x / 255 - mean) / std`` in NCHW."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None, :, :]
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
-    return ((images.astype(dtype) / 255.0 - mean) / std).astype(dtype)
-
-
-def batches(x, y, batch_size: int, *, shuffle: bool = True, seed: int | None = 0):
-    """Yield ``(x_batch, y_batch)`` host slices; shuffled with a seeded generator if asked."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(x)
-    if len(y) != n:
-        raise ValueError(f"{n} samples but {len(y)} labels")
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        yield x[idx], y[idx]
+def download_fashion_mnist(directory=None, *, mirrors=FASHION_MNIST_MIRRORS, files=None,
+                           progress: bool = True, timeout: float = 30.0) -> Path:
+    """Download the Fashion-MNIST files into ``directory`` (once; default
+    ``default_cache_dir() / "fashion-mnist"``) and return it, as :func:`download_mnist`."""
+    return fetch(dict(FASHION_MNIST_FILES if files is None else files), mirrors,
+                 default_cache_dir() / "fashion-mnist" if directory is None else directory,
+                 title="Fashion-MNIST", progress=progress, timeout=timeout,
+                 offline_hint="put them in one directory and pass it with --dataset "
+                              "fashion-mnist --data DIR (load_fashion_mnist(DIR) in Python)")

@@ -32,8 +32,10 @@ One training step, with R processes and a global batch of B rows:
 So R processes on batch B take the one-process step on batch B, up to float rounding (the
 additions are grouped differently). Dropout masks are drawn for the whole batch from the same
 generator on every process and each keeps its shard's rows: the same masks whatever R is. Batch
-normalisation computes statistics over the batch, which would couple the shards: models with
-such layers are refused (:class:`DistributedError`) rather than trained differently.
+normalisation normalises over the whole batch: each layer gathers every process's per-channel
+statistics (one small gather forward, one backward), so its output, gradients and running
+statistics are one process's. Other layers that couple the samples are refused
+(:class:`DistributedError`) rather than trained differently.
 
 The gradients travel through host NumPy buffers, which works on every backend. With an MPI
 that reports CUDA support (:func:`mpi_cuda_support`; refused otherwise), ``cuda_aware=True``
@@ -54,9 +56,10 @@ uncaught exception on any process ends the whole job (:func:`abort_on_error`): w
 process fails, rank 0 prints the error once and all exit normally; otherwise the job ends with
 ``MPI_Abort`` (:mod:`.ending`).
 
-The package has four modules: :mod:`.mpi`, the MPI world (is this a launched job, the
+The package has five modules: :mod:`.mpi`, the MPI world (is this a launched job, the
 communicator, each process's rank and device, bounded waits); :mod:`.agreement`, what the
-processes must agree on; :mod:`.data_parallel`, the replicas (:class:`DataParallel`); and
+processes must agree on; :mod:`.data_parallel`, the replicas (:class:`DataParallel`);
+:mod:`.coupled_layers`, the layers that couple a batch's samples (batch normalisation); and
 :mod:`.ending`, how a job ends on a failure or an interrupt. Importing the package does not
 import mpi4py; :func:`world` does, on first use.
 """

@@ -1,6 +1,7 @@
 """The replicas of a data-parallel job: :class:`DataParallel` trains, evaluates and predicts
 with rank shards of every batch (:func:`shard_bounds`) and sums the gradients in rank order;
-dropout layers draw whole-batch masks (:class:`_WholeBatchRNG`). Each call first checks that
+dropout layers draw whole-batch masks (:class:`_WholeBatchRNG`) and batch normalisation
+gathers every process's statistics (:mod:`.coupled_layers`). Each call first checks that
 every process brings the same model, settings and data (:mod:`.agreement`), and every wait for
 the other processes is bounded (:func:`.mpi.wait`). The package docstring
 (:mod:`portacnn.distributed`) describes the algorithm step by step; the MPI world it runs in is
@@ -19,7 +20,7 @@ from .. import training
 from ..backends import to_numpy
 from ..layers import Dropout
 from ..optim import SGD, get_optimizer
-from . import agreement, ending, mpi
+from . import agreement, coupled_layers, ending, mpi
 from .mpi import DistributedError
 
 __all__ = ["DataParallel", "shard_bounds"]
@@ -56,9 +57,14 @@ class DataParallel:
 
     Raises:
         DistributedError: ``cuda_aware`` with an MPI that does not report CUDA support; a
-            layer couples the samples of a batch (batch normalisation), or the
+            layer couples the samples of a batch in a way that has no data-parallel form (batch
+            normalisation and dropout have one), or the
             processes hold different models (architecture, layer settings, shapes, dtype) or
             ask for different reductions.
+
+    Batch normalisation layers normalise over the whole batch, every process's rows, as in one
+    process: during ``fit`` each gathers the processes' statistics (:meth:`allgather`), once
+    forward and once backward a step, so their running statistics are the same everywhere.
 
     ``fit`` / ``evaluate`` / ``predict`` take :class:`~portacnn.Sequential`'s arguments; each
     process must make the same calls with the same settings and data (each reads only its own
@@ -92,13 +98,7 @@ class DataParallel:
         self._batch = None          # (start, stop): the batch whose shard is being computed
         if fail_fast:
             ending.abort_on_error(self.comm)
-        coupled = [f"{i} ({layer.name})" for i, layer in enumerate(model.layers)
-                   if not layer.samples_independent and not isinstance(layer, Dropout)]
-        if coupled:
-            raise DistributedError(
-                f"layer {', '.join(coupled)} computes statistics over the whole batch, so rank "
-                "shards would not train like one process: train this model in one process, or "
-                "use a model without batch normalisation")
+        coupled_layers.refuse_unsplittable(model)
         self._agree("DataParallel(model)", {"model": agreement.model_settings(model),
                                             "reduction": reduction})
         self._broadcast_state()
@@ -180,33 +180,57 @@ class DataParallel:
         support covers (Open MPI's does not cover the non-blocking ones); a bounded barrier
         first (:func:`.mpi.wait`) keeps a missing process from hanging the others there."""
         backend = self.model.backend
+        what = "the gradient sum"
         with backend.activate():
             if self.cuda_aware:
-                return self._allreduce_on_device(flat, backend)
+                if self.reduction == "ordered":
+                    return _rank_order_sum(self._allgather_on_device(flat, what), self.size)
+                self._device_buffers_ready(what)
+                total = backend.xp.empty(tuple(flat.shape), dtype=flat.dtype,
+                                         device=backend.device)
+                self.comm.Allreduce(flat, total, op=mpi._mpi().SUM)
+                return total
+            if self.reduction == "ordered":
+                return backend.asarray(_rank_order_sum(self._allgather_on_host(flat, what),
+                                                       self.size))
             send = np.ascontiguousarray(to_numpy(flat))
-            if self.reduction == "mpi":
-                total = np.empty(send.shape, dtype=send.dtype)
-                mpi.wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM), self.comm,
-                         "the gradient sum", self.timeout)
-            else:
-                gathered = np.empty((self.size, send.shape[0]), dtype=send.dtype)
-                mpi.wait(self.comm.Iallgather(send, gathered), self.comm, "the gradient sum",
-                         self.timeout)
-                total = _rank_order_sum(gathered, self.size)
+            total = np.empty(send.shape, dtype=send.dtype)
+            mpi.wait(self.comm.Iallreduce(send, total, op=mpi._mpi().SUM), self.comm, what,
+                     self.timeout)
             return backend.asarray(total)
 
-    def _allreduce_on_device(self, send, backend):
-        # Inside backend.activate(): the buffers are made on the model's device.
+    def allgather(self, array):
+        """Every process's ``array`` (a device array of the same shape on each), stacked in
+        rank order: (R, *shape) on this process's device, the same on every process. Batch
+        normalisation's per-channel statistics travel this way."""
+        backend = self.model.backend
         xp = backend.xp
-        backend.synchronize()                   # MPI reads the buffer outside the stream
-        mpi.wait(self.comm.Ibarrier(), self.comm, "the gradient sum", self.timeout)
-        if self.reduction == "mpi":
-            total = xp.empty(tuple(send.shape), dtype=send.dtype, device=backend.device)
-            self.comm.Allreduce(send, total, op=mpi._mpi().SUM)
-            return total
-        gathered = xp.empty((self.size, send.shape[0]), dtype=send.dtype, device=backend.device)
-        self.comm.Allgather(send, gathered)
-        return _rank_order_sum(gathered, self.size)
+        what = "gathering the batch statistics"
+        with backend.activate():
+            flat = xp.reshape(array, (-1,))
+            gathered = (self._allgather_on_device(flat, what) if self.cuda_aware
+                        else backend.asarray(self._allgather_on_host(flat, what)))
+            return xp.reshape(gathered, (self.size, *array.shape))
+
+    def _allgather_on_host(self, flat, what: str):
+        """(R, S) host array: every process's 1-d device array ``flat`` (S,), in rank order."""
+        send = np.ascontiguousarray(to_numpy(flat))
+        gathered = np.empty((self.size, send.shape[0]), dtype=send.dtype)
+        mpi.wait(self.comm.Iallgather(send, gathered), self.comm, what, self.timeout)
+        return gathered
+
+    def _allgather_on_device(self, flat, what: str):
+        """:meth:`_allgather_on_host` with device buffers (inside ``backend.activate()``)."""
+        backend = self.model.backend
+        self._device_buffers_ready(what)
+        gathered = backend.xp.empty((self.size, flat.shape[0]), dtype=flat.dtype,
+                                    device=backend.device)
+        self.comm.Allgather(flat, gathered)
+        return gathered
+
+    def _device_buffers_ready(self, what: str) -> None:
+        self.model.backend.synchronize()        # MPI reads the buffer outside the stream
+        mpi.wait(self.comm.Ibarrier(), self.comm, what, self.timeout)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each of ``values`` (Python floats) summed over the processes in rank order."""
@@ -230,6 +254,11 @@ class DataParallel:
         mpi.wait(self.comm.Iallgatherv(part, [whole, [int(r) * row_size for r in rows]]),
                  self.comm, "gathering the predictions", self.timeout)
         return self.model.backend.asarray(whole)
+
+    def from_root(self, value):
+        """Rank 0's ``value`` (a small picklable object, such as whether a callback stopped
+        training) on every process."""
+        return mpi.broadcast_object(self.comm, value, "rank 0's decision to stop", self.timeout)
 
     # --- the model's interface, across the processes ------------------------------------
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, optimizer="sgd", *,
@@ -257,8 +286,9 @@ class DataParallel:
         if seed is None:
             seed = mpi.broadcast_object(self.comm, int(np.random.SeedSequence().entropy % 2**63),
                                         "sharing the seed", self.timeout)
-        return training.fit(self.model, x, y, epochs, batch_size, optimizer, seed=seed,
-                            replicas=self, **kwargs)
+        with coupled_layers.whole_batch_statistics(self.model, self.allgather):
+            return training.fit(self.model, x, y, epochs, batch_size, optimizer, seed=seed,
+                                replicas=self, **kwargs)
 
     def evaluate(self, x, y, batch_size: int = 256):
         """Mean loss and accuracy over ``(x, y)``, each process evaluating its shard of rows

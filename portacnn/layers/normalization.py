@@ -20,6 +20,9 @@ class _BatchNorm(Layer):
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         self.num_features = num_features
         self.eps, self.momentum = positive_real(eps, "eps"), float(momentum)
+        # None: statistics over this process's rows; DataParallel.fit sets a function that
+        # gathers every process's ((k, C) -> (R, k, C)), for statistics over the whole batch
+        self.gather_statistics = None
         shape = None if num_features is None else (num_features,) + (None,) * (self._ndim - 2)
         _maybe_build_now(self, shape, device, None)
 
@@ -63,7 +66,7 @@ class _BatchNorm(Layer):
         y, cache, mean, var = self.kernels.batchnorm_forward(
             x, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
             self.buffers["running_var"], training=self.training, momentum=self.momentum,
-            eps=self.eps)
+            eps=self.eps, gather=self.gather_statistics if self.training else None)
         self.buffers["running_mean"], self.buffers["running_var"] = mean, var
         self._cache = cache if self.training else None
         return y
@@ -83,7 +86,9 @@ class BatchNorm2D(_BatchNorm):
 
     Learnable scale ``params["weight"]`` (ones) and shift ``params["bias"]`` (zeros), shape (C,);
     ``buffers["running_mean"]`` / ``["running_var"]`` updated with ``momentum`` in training (as in
-    PyTorch: unbiased variance) and used in eval mode. Saved with checkpoints.
+    PyTorch: unbiased variance) and used in eval mode. Saved with checkpoints. Under
+    :class:`~portacnn.distributed.DataParallel` the statistics are those of the whole batch,
+    every process's rows (``gather_statistics``), as in one process.
     """
 
     _ndim = 4

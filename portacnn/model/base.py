@@ -205,8 +205,14 @@ class ModelBase:
             validation_split: the fraction of ``x`` (taken from its end, before shuffling) held
                 out for validation.
             shuffle, seed: reshuffle each epoch with a seeded generator.
+            augment: an augmentation of each training batch, on its device (not of validation
+                data), e.g. :class:`~portacnn.RandomCropFlip`; its draws are seeded by ``seed``
+                and the epoch, alike on every backend and process.
             verbose: 0 silent, 1 progress (a bar on a terminal; otherwise a line every few
                 seconds of a long epoch) and a line per epoch, 2 the epoch lines only.
+            callbacks: :class:`~portacnn.training.Callback` objects run around each epoch
+                (:mod:`portacnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
+                ``LearningRateScheduler`` for a schedule of :mod:`portacnn.schedules`).
 
         Returns:
             :class:`~portacnn.training.History` with per-epoch loss, accuracy, val_loss,

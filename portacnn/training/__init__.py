@@ -8,13 +8,21 @@ container's interface (:class:`portacnn.Sequential` calls them), one job per mod
 - :mod:`.staging`: moving data to the device, whole when it fits, else batch by batch;
 - :mod:`.progress`: ``History``, the progress bar or lines, the epoch line, the divergence
   checks;
+- :mod:`.augment`: ``RandomCropFlip``, augmentation of each training batch where it lives,
+  drawn alike on every process;
+- :mod:`.callbacks`: ``Callback`` and Keras's ``EarlyStopping``, ``ModelCheckpoint`` and
+  ``LearningRateScheduler``, run by ``fit(..., callbacks=[...])`` around each epoch;
 - :mod:`.replicas`: ``OneProcess``, the protocol of where a batch is computed, which
   :class:`portacnn.distributed.DataParallel` implements across processes.
 """
 
+from .augment import RandomCropFlip
+from . import callbacks
+from .callbacks import Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint
 from .loop import LOSSES, accumulate_gradients, evaluate, fit, predict, train_step
 from .progress import History
 from .replicas import ONE_PROCESS, OneProcess
 
-__all__ = ["LOSSES", "History", "OneProcess", "ONE_PROCESS", "train_step", "accumulate_gradients",
-           "fit", "evaluate", "predict"]
+__all__ = ["LOSSES", "History", "Callback", "EarlyStopping", "LearningRateScheduler",
+           "ModelCheckpoint", "RandomCropFlip", "callbacks", "OneProcess", "ONE_PROCESS",
+           "train_step", "accumulate_gradients", "fit", "evaluate", "predict"]

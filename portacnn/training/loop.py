@@ -33,7 +33,7 @@ the samples of a batch or draw random numbers (batch norm, dropout) always run t
 default, :data:`~.replicas.ONE_PROCESS`, is this process alone.
 :class:`portacnn.distributed.DataParallel` passes itself: each process then computes its shard
 of every batch and the shards' gradients and sums are added up across processes (see
-:class:`~.replicas.OneProcess` for the four methods).
+:class:`~.replicas.OneProcess` for its methods).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from ..backends import on_device
 from ..optim import SGD, get_optimizer
 from ..scalars import is_real, seed_or_none
 from . import checks, staging
+from .augment import check_augmentation, epoch_rng
+from .callbacks import CallbackList
 from .progress import Divergence, History, Progress
 from .replicas import ONE_PROCESS, OneProcess
 
@@ -140,11 +142,16 @@ def _hits(model, logits, yb):
 @on_device
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
-        seed: int | None = 0, verbose: int = 1, file=None,
+        seed: int | None = 0, verbose: int = 1, file=None, augment=None, callbacks=None,
         replicas: OneProcess = ONE_PROCESS) -> History:
     """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
-    ``replicas``: where each batch is computed (see the module's docstring)."""
+    ``augment``: applied to each training batch (not to validation data), with plans drawn
+    for the whole batch from :func:`~.augment.epoch_rng` (see :mod:`.augment`).
+    ``callbacks``: :class:`~.callbacks.Callback` objects run around each epoch; training ends
+    early after an epoch where one sets ``model.stop_training`` (rank 0's decides for every
+    process). ``replicas``: where each batch is computed (see the module's docstring)."""
     epochs = checks.positive_int(epochs, "epochs")
+    augment = check_augmentation(augment)
     batch_size = checks.positive_int(batch_size, "batch_size")
     seed = seed_or_none(seed)
     if validation_data is not None:
@@ -165,12 +172,18 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     divergence = Divergence(epochs, optimizer, batch_size, classes=model.output_shape[0],
                             hint=has_accuracy and replicas.is_root)
     history = History()
+    callbacks = CallbackList(callbacks, model, {"epochs": epochs, "steps": steps,
+                                                "verbose": verbose, "is_root": replicas.is_root})
+    callbacks.on_train_begin()
+    logs = {}
     for epoch in range(1, epochs + 1):
+        callbacks.on_epoch_begin(epoch - 1)
         order = rng.permutation(n) if shuffle else None
         progress = (Progress(steps, epoch, divergence, file, accuracy=has_accuracy,
                              live=model.backend.host_sync_is_free) if verbose == 1 else None)
+        augmenting = None if augment is None else (augment, epoch_rng(seed, epoch))
         loss_sum, hits_sum, seconds = _train_epoch(model, x, y, order, batch_size, optimizer,
-                                                   replicas, progress)
+                                                   replicas, progress, augmenting)
         loss, acc = loss_sum / n, (hits_sum / n if has_accuracy else None)
         divergence.after_epoch(loss, epoch, progress)
         val_loss = val_acc = None
@@ -181,7 +194,12 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
                        seconds=seconds, images_per_s=n / seconds)
         if verbose:
             print(history.line(epochs), file=file or sys.stdout, flush=True)
+        logs = {key: values[-1] for key, values in history.history.items()}
+        callbacks.on_epoch_end(epoch - 1, logs)
+        if callbacks and replicas.from_root(model.stop_training):
+            break
     model.train()
+    callbacks.on_train_end(logs)
     return history
 
 
@@ -207,11 +225,12 @@ def _hold_out(model, x, y, validation_data, validation_split: float):
 
 
 def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OneProcess,
-                 progress: Progress | None) -> tuple[float, float, float]:
+                 progress: Progress | None, augmenting=None) -> tuple[float, float, float]:
     """One training pass over ``(x, y)`` in batches of ``batch_size`` rows, taken in ``order``
-    (row indices; None: as they are). Returns ``(loss_sum, hits_sum, seconds)``: the summed
-    per-row loss and correct predictions over every process, read back once at the end, and
-    the seconds the batches took."""
+    (row indices; None: as they are). ``augmenting``: None or ``(augmentation, generator)``;
+    each process draws the plan of every whole batch and applies its shard's rows. Returns
+    ``(loss_sum, hits_sum, seconds)``: the summed per-row loss and correct predictions over
+    every process, read back once at the end, and the seconds the batches took."""
     backend = model.backend
     xp, n = backend.xp, x.shape[0]
     model.train()
@@ -226,6 +245,9 @@ def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OnePr
             stop = min(start + batch_size, n)
             lo, hi = replicas.shard(start, stop)
             xb = staging.batch(model, x, lo, hi, order, model.dtype_name)
+            if augmenting is not None:
+                augment, rng = augmenting
+                xb = augment.apply(xb, augment.plan(rng, stop - start)[lo - start:hi - start])
             yb = staging.batch(model, y, lo, hi, order)
             loss, logits = train_step(model, xb, yb, optimizer, batch_rows=stop - start,
                                       sum_gradients=replicas.sum_gradients)

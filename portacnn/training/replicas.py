@@ -2,8 +2,9 @@
 
 The loop knows nothing of processes. It asks its ``replicas`` which rows of a batch this
 process computes (``shard``) and to add up what the processes computed (``sum_gradients``,
-``sum``, ``gather``). :data:`ONE_PROCESS`, the default, is this process alone;
-:class:`portacnn.distributed.DataParallel` implements the same four methods under MPI.
+``sum``, ``gather``) and, once an epoch where callbacks may end training, for rank 0's decision
+(``from_root``). :data:`ONE_PROCESS`, the default, is this process alone;
+:class:`portacnn.distributed.DataParallel` implements the same methods under MPI.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ __all__ = ["OneProcess", "ONE_PROCESS"]
 class OneProcess:
     """The whole of every batch computed in this process: what ``fit`` / ``evaluate`` /
     ``predict`` do by default. :class:`portacnn.distributed.DataParallel` implements the same
-    four methods across processes."""
+    methods across processes."""
 
     is_root = True                 # this process prints
 
@@ -32,6 +33,10 @@ class OneProcess:
     def gather(self, part):
         """The outputs of every process's shard, in row order: this process's."""
         return part
+
+    def from_root(self, value):
+        """Rank 0's ``value`` (a small picklable object) on every process: this one's."""
+        return value
 
 
 ONE_PROCESS = OneProcess()
