@@ -160,8 +160,9 @@ def _optimizer(path, settings):
 
 
 def load(path, device=None):
-    """Rebuild a model saved by ``save`` (a :class:`Sequential` or a :class:`Model`) on ``device`` (any backend; default
-    ``$PORTACNN_DEVICE`` or ``"cpu"``), with its optimizer (``model.optimizer``) if saved.
+    """Rebuild a model saved by ``save`` (a :class:`Sequential` or a :class:`Model`) on
+    ``device`` (any backend; default ``$PORTACNN_DEVICE`` or ``"cpu"``), with its optimizer
+    (``model.optimizer``) if saved.
 
     Every tensor is checked against the shape the description declares for it before the
     model is built, so a file allocates no more than it holds.
