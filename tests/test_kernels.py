@@ -115,7 +115,7 @@ def _pool_route_shapes(case, mode):
     if (g.sh, g.sw) != (g.kh, g.kw):
         found.add("tiles with gaps")
     if hp < g.oh * g.sh or wp < g.ow * g.sw:
-        found.add("tiles past the edge: the forward stacks")
+        found.add("tiles past the padded input's edge")
     if g.oh * g.sh < hp or g.ow * g.sw < wp:
         found.add("tiles leave rows or columns out")
     if g.bottom and g.oh * g.sh > hp - g.bottom:
@@ -128,7 +128,7 @@ def test_pool_cases_take_every_route():
     found = set().union(*(_pool_route_shapes(case, mode) for case in POOL_CASES
                           for mode in ("zeros", "replicate")))
     assert found == {"overlapping", "tiles", "tiles, zeros padding", "tiles, replicate padding",
-                     "tiles with gaps", "tiles past the edge: the forward stacks",
+                     "tiles with gaps", "tiles past the padded input's edge",
                      "tiles leave rows or columns out", "tiles reach the bottom padding"}
 
 

@@ -3,22 +3,24 @@
 Shapes: x (N, C, H, W) -> y (N, C, OH, OW), each channel pooled on its own. ``stride`` defaults
 to the kernel size (non-overlapping windows), as in PyTorch.
 
-Two routes, chosen by the geometry alone; on a GPU each array operation is a kernel launch,
-and neither route adds anything up with ``at().add``:
+Forward stacks the kh*kw window offsets of the padded input on one axis,
+(N, C, kh*kw, OH, OW) (:func:`~.columns.windows`, what im2col is made of), and reduces it.
+Backward takes one of two routes, chosen by the geometry alone; on a GPU each array operation
+is a kernel launch, and neither route adds anything up with ``at().add``:
 
 * **Tiles** (stride >= kernel on both axes: windows do not overlap, LeNet's 2x2/2): the padded
-  input cut to (N, C, OH, sh, OW, sw) is a reshape, a view, and the first (kh, kw) corner of
-  each block is a window. Forward reduces over the two window axes; backward builds the
-  gradient in that block layout (a ``where`` or a broadcast) and reshapes it back. Rows and
-  columns no window covers (the gaps of stride > kernel, the remainder when H is not a multiple
-  of the stride) come from one zero buffer, made only when there are any. Where the last block
-  would pass the padded input's edge, the forward takes the windows as the gather route does.
-* **Gather** (overlapping windows; right for every geometry): the forward stacks the kh*kw
-  window offsets of the padded input, (N, C, kh*kw, OH, OW) (:func:`~.columns.windows`), and
-  reduces them. The backward is the adjoint of that stack written as a gather: the window
-  gradients are placed on the stride-dilated grid (one zero buffer, one strided write), and
-  each input pixel sums the kh*kw shifted slices of it (one ``stack``, one sum), whatever the
-  kernel's size.
+  input cut into (sh, sw) blocks, (N, C, OH, sh, OW, sw), is a reshape, and the first (kh, kw)
+  corner of each block is a window. The gradient is built in that block layout (a ``where`` or
+  a broadcast) and reshaped back. Rows and columns no window covers (the gaps of
+  stride > kernel, the remainder when H is not a multiple of the stride) come from one zero
+  buffer, made only when there are any.
+* **Gather** (overlapping windows; right for every geometry): the adjoint of the window stack
+  written as a gather. The window gradients are placed on the stride-dilated grid (one zero
+  buffer, one strided write), and each input pixel sums the kh*kw shifted slices of it (one
+  ``stack``, one sum), whatever the kernel's size.
+
+The forward could reduce the tiles' reshaped view directly, one operation fewer, but NumPy and
+PyTorch reduce over such short strided axes far more slowly than over the stack.
 
 Max pooling pads with -inf and sends each output's gradient to exactly one input: the *first*
 maximum of its window in row-major order (``argmax`` over the window offset k = i*kw + j), as
@@ -75,38 +77,6 @@ def pool_geometry(x, kernel_size, stride, padding, padding_mode="zeros") -> Geom
 def windows_tile(g: Geometry) -> bool:
     """True when windows cannot overlap (stride >= kernel on both axes): the tile route."""
     return g.sh >= g.kh and g.sw >= g.kw
-
-
-# --- forward: the windows --------------------------------------------------------------------
-
-def _tile_windows(xpad, g: Geometry):
-    """The windows of a padded (N, C, Hp, Wp) input as a view (N, C, OH, kh, OW, kw), or None
-    when they do not tile it (overlapping windows, or a last block past the padded edge)."""
-    if not windows_tile(g) or xpad.shape[2] < g.oh * g.sh or xpad.shape[3] < g.ow * g.sw:
-        return None
-    n, c = xpad.shape[:2]
-    blocks = namespace(xpad).reshape(xpad[:, :, : g.oh * g.sh, : g.ow * g.sw],
-                                     (n, c, g.oh, g.sh, g.ow, g.sw))
-    return blocks[:, :, :, : g.kh, :, : g.kw]
-
-
-def _reduce(xpad, g: Geometry, reduce):
-    """``reduce`` (``xp.max``, ``xp.mean``) over each window of a padded input: (N, C, OH, OW)."""
-    blocks = _tile_windows(xpad, g)
-    if blocks is not None:
-        return reduce(blocks, axis=(3, 5))
-    return reduce(windows(xpad, g), axis=2)
-
-
-def _offset_windows(xpad, g: Geometry):
-    """Every window with its kh*kw offsets on one axis (k = i*kw + j), and that axis."""
-    blocks = _tile_windows(xpad, g)
-    if blocks is None:
-        return windows(xpad, g), 2                          # (N, C, kh*kw, OH, OW)
-    xp = namespace(xpad)
-    n, c = xpad.shape[:2]
-    rows_first = xp.permute_dims(blocks, (0, 1, 2, 4, 3, 5))  # (N, C, OH, OW, kh, kw)
-    return xp.reshape(rows_first, (n, c, g.oh, g.ow, g.window)), 4
 
 
 # --- backward: back onto the input ------------------------------------------------------------
@@ -177,12 +147,11 @@ def _extreme_forward(x, kernel_size, stride, padding, padding_mode, inference, f
     each window's first extreme (``xp.argmax`` / ``xp.argmin`` return the first)."""
     xp = namespace(x)
     g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    xpad = pad(x, g, fill)
-    reduce, arg = getattr(xp, which), getattr(xp, "arg" + which)
+    win = windows(pad(x, g, fill), g)                      # (N, C, kh*kw, OH, OW)
+    y = getattr(xp, which)(win, axis=2)
     if inference:
-        return _reduce(xpad, g, reduce), None
-    win, axis = _offset_windows(xpad, g)
-    return reduce(win, axis=axis), PoolCache(arg(win, axis=axis), g, tuple(x.shape))
+        return y, None
+    return y, PoolCache(getattr(xp, "arg" + which)(win, axis=2), g, tuple(x.shape))
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
@@ -222,7 +191,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zer
                        inference: bool = False):
     """Mean over each window (padding counted). Returns ``(y, cache)``."""
     g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    y = _reduce(pad(x, g), g, namespace(x).mean)
+    y = namespace(x).mean(windows(pad(x, g), g), axis=2)
     return y, None if inference else PoolCache(None, g, tuple(x.shape))
 
 
