@@ -29,8 +29,8 @@ ReLU. Min pooling pads with +inf and sends the gradient to the first minimum (``
 
 Average pooling divides by the full window ``kh*kw``, padding included (PyTorch's default
 ``count_include_pad=True``). ``padding_mode="replicate"`` pads with the edge pixels instead of
-a constant (0 for average, -inf for max, +inf for min); its backward adds the padded border's gradient back
-onto the edges (:func:`~.padding.unpad`).
+a constant (0 for average, -inf for max, +inf for min); its backward adds the padded border's
+gradient back onto the edges (:func:`~.padding.unpad`).
 """
 
 from __future__ import annotations
