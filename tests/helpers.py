@@ -76,15 +76,20 @@ CASES = [
     ((1, 1, 5, 5), 5, 1, (1, 2)),
 ]
 
-# pooling: a stride of None is the kernel's size
+# pooling: a stride of None is the kernel's size. Both routes of kernels/pooling.py, windows
+# that tile the input (stride >= kernel) and overlapping ones, in every shape each route takes
+# (tests/test_kernels.py checks that none is missing).
 POOL_CASES = [
-    ((2, 3, 8, 8), 2, None, 0),
-    ((1, 2, 7, 9), 3, 2, 1),
-    ((2, 1, 9, 7), (2, 3), (3, 1), 0),
-    ((1, 2, 6, 6), 3, 3, "same"),
-    ((2, 2, 10, 10), 3, 1, "valid"),
-    ((2, 2, 9, 7), 2, None, 0),               # non-overlapping; last row and column left out
-    ((1, 2, 7, 9), (3, 2), (3, 2), 0),
+    ((2, 3, 8, 8), 2, None, 0),               # tiles exactly (LeNet's 2x2/2)
+    ((2, 2, 9, 7), 2, None, 0),               # tiles; last row and column left out
+    ((1, 2, 7, 9), (3, 2), (3, 2), 0),        # tiles; last row left out
+    ((1, 2, 6, 6), 3, 3, "same"),             # tiles exactly
+    ((1, 2, 7, 7), 2, 2, "same"),             # tiles; windows reach the bottom/right padding
+    ((1, 2, 8, 7), 2, 3, 1),                  # gaps between windows (stride > kernel)
+    ((2, 1, 5, 6), (2, 1), (3, 2), 0),        # gaps; the last block passes the input's edge
+    ((1, 2, 7, 9), 3, 2, 1),                  # overlapping
+    ((2, 1, 9, 7), (2, 3), (3, 1), 0),        # overlapping along W only
+    ((2, 2, 10, 10), 3, 1, "valid"),          # overlapping, stride 1
 ]
 
 

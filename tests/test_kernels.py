@@ -5,6 +5,7 @@ import pytest
 
 from portacnn import kernels as K
 from portacnn import reference as R
+from portacnn.kernels.pooling import pool_geometry, windows_tile
 from portacnn.kernels.shapes import geometry
 
 from helpers import CASES, POOL_CASES, assert_close, case_id
@@ -99,6 +100,36 @@ def test_pooling_matches_loops(backend, host_rng, kind, case, mode):
     assert_close(fast, y_ref)
     dy = host_rng.normal(size=y_ref.shape)
     assert_close(bwd(backend.asarray(dy), cache), ref_bwd(dy, x, k, s, p, mode))
+
+
+def _pool_route_shapes(case, mode):
+    """The shapes of the pooling kernels' routes (kernels/pooling.py) a geometry takes."""
+    shape, k, s, p = case
+    g = pool_geometry(np.empty(shape), k, s, p, mode)
+    if not windows_tile(g):
+        return {"overlapping"}
+    hp, wp = g.padded_hw(*shape[2:])
+    found = {"tiles"}
+    if g.padded:
+        found.add(f"tiles, {mode} padding")
+    if (g.sh, g.sw) != (g.kh, g.kw):
+        found.add("tiles with gaps")
+    if hp < g.oh * g.sh or wp < g.ow * g.sw:
+        found.add("tiles past the padded input's edge")
+    if g.oh * g.sh < hp or g.ow * g.sw < wp:
+        found.add("tiles leave rows or columns out")
+    if g.bottom and g.oh * g.sh > hp - g.bottom:
+        found.add("tiles reach the bottom padding")
+    return found
+
+
+def test_pool_cases_take_every_route():
+    """test_pooling_matches_loops meets each route of the pooling kernels on every backend."""
+    found = set().union(*(_pool_route_shapes(case, mode) for case in POOL_CASES
+                          for mode in ("zeros", "replicate")))
+    assert found == {"overlapping", "tiles", "tiles, zeros padding", "tiles, replicate padding",
+                     "tiles with gaps", "tiles past the padded input's edge",
+                     "tiles leave rows or columns out", "tiles reach the bottom padding"}
 
 
 def test_max_pool_gradient_goes_to_first_maximum_only(backend):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from portacnn.backends import Backend
-from portacnn.kernels import Kernels
+from portacnn.kernels import Kernels, pooling
 from portacnn.models import lenet5
 from portacnn.optim import SGD, Adam
 
 from recording import namespace as recording_xp
-from recording import recording
+from recording import recording, wrap
 
 # The exact counts LeNet-5 issues today at batch 64: a training step with SGD and momentum,
 # with Adam, and an inference forward, for each of the two variants. A change that adds (or
@@ -23,9 +23,13 @@ from recording import recording
 # optimizer's share is the same for both variants: SGD with momentum one ``concat`` of the
 # gradients and 4 arithmetic operations over all parameters at once; Adam 9 more for its
 # moments, bias corrections and denominator.
+# Pooling's 2x2/2 windows tile the input: its backward no longer adds the window gradients back
+# with col2im's scatter (2 zeros and 4 ``at().add``s: 11 operations for average pooling, 13 for
+# max) but builds them in block layout and reshapes them (1 and 3 operations): 20 fewer per step
+# (were 115 and 124, 125 and 134). POOL_COUNTS below holds one pooling layer's share.
 COUNTS = {  # variant: (SGD step, Adam step, inference forward)
-    ("tanh", "avg"): (115, 124, 22),
-    ("relu", "max"): (125, 134, 26),
+    ("tanh", "avg"): (95, 104, 22),
+    ("relu", "max"): (105, 114, 26),
 }
 OPTIMIZERS = {"sgd": lambda: SGD(0.01, momentum=0.9), "adam": lambda: Adam(0.001)}
 
@@ -79,6 +83,43 @@ def test_an_inference_forward_issues_exactly_todays_operations(variant):
         model.forward(x)
     assert rec.host_reads == 0, rec.reads_by_name
     assert rec.ops == COUNTS[variant][2], rec.by_name.most_common()
+
+
+# One pooling layer on the portable path, exactly: (training forward, inference forward,
+# backward). "tiles" is LeNet's 2x2/2 on its first pooling input's size, which it tiles: the
+# backward is a ``where`` of a one-hot of the argmax (an ``arange`` and a comparison) or one
+# division, in the block layout that reshapes onto the input. "overlapping" is a 3x3 window at
+# stride 1, whose backward gathers: the window gradients on a zero buffer (2 operations), one
+# ``stack`` of the kh*kw shifted slices and one sum. Neither adds anything up in place.
+POOL_GEOMETRIES = {"tiles": ((4, 6, 28, 28), 2, None, 0),
+                   "overlapping": ((2, 3, 10, 10), 3, 1, 0)}
+POOL_COUNTS = {
+    ("max", "tiles"): (3, 2, 3),          # forward: a stack of the windows, max (and argmax)
+    ("min", "tiles"): (3, 2, 3),          # min and argmin: no negation of x and y
+    ("avg", "tiles"): (2, 2, 1),
+    ("max", "overlapping"): (3, 2, 7),
+    ("min", "overlapping"): (3, 2, 7),
+    ("avg", "overlapping"): (2, 2, 4),    # the mean of the stack divides by kh*kw
+}
+
+
+@pytest.mark.parametrize("kind,route", list(POOL_COUNTS),
+                         ids=[f"{kind}-{route}" for kind, route in POOL_COUNTS])
+def test_a_pooling_layer_issues_exactly_its_operations(kind, route):
+    shape, kernel, stride, padding = POOL_GEOMETRIES[route]
+    forward = getattr(pooling, f"{kind}_pool2d_forward")
+    backward = getattr(pooling, f"{kind}_pool2d_backward")
+    x = wrap(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    with recording() as train:
+        y, cache = forward(x, kernel, stride, padding)
+    with recording() as infer:
+        forward(x, kernel, stride, padding, inference=True)
+    dy = wrap(np.ones(y.shape, dtype=np.float32))
+    with recording() as back:
+        backward(dy, cache)
+    assert not {"__iadd__", "add"} & set(back.by_name), back.by_name    # no scatter
+    assert (train.ops, infer.ops, back.ops) == POOL_COUNTS[kind, route], \
+        (train.by_name, infer.by_name, back.by_name)
 
 
 def test_fit_reads_back_per_epoch_not_per_batch(lenet):
