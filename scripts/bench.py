@@ -147,7 +147,7 @@ def parse_args(argv=None):
         args.network_steps = 1
     if args.rss is None:
         args.rss = not args.quick
-    if args.sweep or args.networks:
+    if args.sweep or args.networks or args.rss_child:
         args.compare_torch = True
     args.network_threads = args.network_threads or sorted({1, os.cpu_count() or 1})
     args.threads = _ints(args.threads)

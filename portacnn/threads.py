@@ -1,0 +1,50 @@
+"""How many BLAS threads training uses when nobody says: the one policy ``fit`` and the command
+line share.
+
+The policy is "the cores nobody else is using, rounded down, at least one": the CPUs this
+process may run on minus the machine's 1-minute load average. It is for one process; an MPI job
+keeps one thread a process (Open MPI binds each process to one core, where more threads would
+share it). OpenBLAS's threads wait for each other at the end of every matrix product, so one thread
+on a core another program keeps busy stalls all of them: on a loaded 2-core machine two threads
+ran a small VGG's training step 7.7x slower than one (docs/performance.md), while on an idle one
+the extra core gains at most its share. Over-subscribing costs far more than leaving a core
+idle, so a fraction of an idle core counts as busy. The load average counts this process
+too when it has been computing for the last minute (a second ``fit`` in a script): it then
+leaves one more core alone, the safe side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+__all__ = ["available_cores", "default_threads"]
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(*, cores: int | None = None, load: float | None = None) -> int:
+    """BLAS threads for a training process when none are asked for: ``floor(cores - load)``,
+    at least 1 and at most ``cores``.
+
+    Args:
+        cores: the CPUs available; default :func:`available_cores`.
+        load: runnable threads of everything else; default the 1-minute load average
+            (``os.getloadavg``; 0 where the OS has none).
+
+    Returns:
+        A positive int, for ``backend.limit_threads``.
+    """
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+    return max(1, min(cores, math.floor(cores - max(load, 0.0))))

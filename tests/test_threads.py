@@ -1,0 +1,28 @@
+"""portacnn.threads.default_threads: the BLAS threads fit and the command line use when none
+are asked for (the cores the load average leaves idle, at least one)."""
+
+import pytest
+
+from portacnn.threads import available_cores, default_threads
+
+
+@pytest.mark.parametrize("cores, load, expected", [
+    (2, 0.0, 2),            # an idle machine: every core
+    (2, 0.3, 1),            # part of a core busy counts as busy
+    (2, 7.5, 1),            # overloaded: one thread, never zero
+    (8, 2.9, 5),
+    (4, -1.0, 4),           # never more than the cores
+])
+def test_default_threads_are_the_idle_cores(cores, load, expected):
+    assert default_threads(cores=cores, load=load) == expected
+
+
+def test_default_threads_read_this_machine():
+    assert 1 <= default_threads() <= available_cores()
+
+
+def test_the_command_line_leaves_threads_to_the_policy_unless_asked():
+    from portacnn.cli import train_parser
+
+    assert train_parser().parse_args([]).threads is None
+    assert train_parser().parse_args(["--threads", "2"]).threads == 2
