@@ -1,14 +1,15 @@
 """How many BLAS threads training uses when nobody says: the one policy ``fit`` and the command
 line share.
 
-The policy is "the cores nobody else is using, rounded down, at least one": the CPUs this
-process may run on minus the machine's 1-minute load average. It is for one process; an MPI job
+The policy is "the cores nobody else is using, at least one": the CPUs this process may run on
+minus the machine's 1-minute load average, a core counting as idle while at most a quarter of
+it is in use. It is for one process; an MPI job
 keeps one thread a process (Open MPI binds each process to one core, where more threads would
 share it). OpenBLAS's threads wait for each other at the end of every matrix product, so one thread
 on a core another program keeps busy stalls all of them: on a loaded 2-core machine two threads
 ran a small VGG's training step 7.7x slower than one (docs/performance.md), while on an idle one
 the extra core gains at most its share. Over-subscribing costs far more than leaving a core
-idle, so a fraction of an idle core counts as busy. The load average counts this process
+idle, so a core more than a quarter busy counts as busy. The load average counts this process
 too when it has been computing for the last minute (a second ``fit`` in a script): it then
 leaves one more core alone, the safe side.
 """
@@ -30,8 +31,8 @@ def available_cores() -> int:
 
 
 def default_threads(*, cores: int | None = None, load: float | None = None) -> int:
-    """BLAS threads for a training process when none are asked for: ``floor(cores - load)``,
-    at least 1 and at most ``cores``.
+    """BLAS threads for a training process when none are asked for:
+    ``floor(cores - load + IDLE_ENOUGH)``, at least 1 and at most ``cores``.
 
     Args:
         cores: the CPUs available; default :func:`available_cores`.
@@ -47,4 +48,7 @@ def default_threads(*, cores: int | None = None, load: float | None = None) -> i
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             load = 0.0
-    return max(1, min(cores, math.floor(cores - max(load, 0.0))))
+    return max(1, min(cores, math.floor(cores - max(load, 0.0) + IDLE_ENOUGH)))
+
+
+IDLE_ENOUGH = 0.25      # a core this much (or less) in use still counts as idle

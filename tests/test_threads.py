@@ -8,7 +8,8 @@ from portacnn.threads import available_cores, default_threads
 
 @pytest.mark.parametrize("cores, load, expected", [
     (2, 0.0, 2),            # an idle machine: every core
-    (2, 0.3, 1),            # part of a core busy counts as busy
+    (2, 0.25, 2),           # background noise leaves a core idle
+    (2, 0.3, 1),            # a core over a quarter busy counts as busy
     (2, 7.5, 1),            # overloaded: one thread, never zero
     (8, 2.9, 5),
     (4, -1.0, 4),           # never more than the cores

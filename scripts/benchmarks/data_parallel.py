@@ -230,8 +230,8 @@ def print_data_parallel(out):
     print("  load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} "
           "{:.2f}".format(*out["load_average_before"], *out["load_average_after"]))
     model = out["model"]
-    print(f"  model (from the fastest runs): step = c*rows/k + o + (k-1)*(latency + bytes/bandwidth); measured here: "
-          f"latency {model['latency_s'] * 1e6:.0f} us, bandwidth "
+    print("  model (from the fastest runs): step = c*rows/k + o + (k-1)*(latency + "
+          f"bytes/bandwidth); measured here: latency {model['latency_s'] * 1e6:.0f} us, bandwidth "
           f"{model['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
     for fit in model["fit"]:
         print(f"    batch {fit['batch']}: step {fit['step_one_s'] * 1e3:.2f} ms in 1 process, "

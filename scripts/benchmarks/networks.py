@@ -4,11 +4,14 @@ core, all four contenders A/B interleaved in one process (the order rotates ever
 the peak memory of each.
 
 Threads: BLAS pools capped with the backend's ``limit_threads`` (threadpoolctl), PyTorch's with
-``torch.set_num_threads``. Memory: ``peak_mib`` is portacnn's traced peak of one step above what
-was live before it (tracemalloc sees every NumPy allocation; it cannot see PyTorch's, so the
-PyTorch side has none); ``rss`` (``--rss``) is the growth of the resident set over one first
-step in a fresh child process, both sides alike: the kernel's high-water mark reset with
-``/proc/self/clear_refs`` after the model and data exist, then read after the step.
+``torch.set_num_threads``. Each time is the wall clock's; the process's CPU time is kept beside
+it (``*_cpu_ms``, ``cpu_ratio``): at 1 thread it is the work without the time slices other
+programs took, at more threads it also counts the threads' waiting. Memory: ``peak_mib`` is
+portacnn's traced peak of one step above what was live before it (tracemalloc sees every NumPy
+allocation; it cannot see PyTorch's, so the PyTorch side has none); ``rss_growth_mib``
+(``--rss``) is the growth of the resident set over one first step in a fresh child process, both
+sides alike: the kernel's high-water mark reset with ``/proc/self/clear_refs`` after the model
+and data exist, then read after the step.
 """
 
 from __future__ import annotations
@@ -91,14 +94,18 @@ def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, st
                 row["first_step_loss"] = first
             fns = {"portacnn": getattr(pair, f"ours_{mode}"),
                    "torch": getattr(pair, f"theirs_{mode}")}
-            times = _interleaved(backend, torch, fns, threads, repeats,
-                                 steps if mode == "train" else 1)
+            times, cpu = _interleaved(backend, torch, fns, threads, repeats,
+                                      steps if mode == "train" else 1)
             for t in threads:
                 ours, theirs = times["portacnn", t], times["torch", t]
                 row["by_threads"][str(t)] = {
                     "portacnn_ms": summarize([s * 1e3 for s in ours]),
                     "torch_ms": summarize([s * 1e3 for s in theirs]),
-                    "ratio": summarize([a / b for a, b in zip(ours, theirs)])}
+                    "ratio": summarize([a / b for a, b in zip(ours, theirs)]),
+                    "portacnn_cpu_ms": summarize([s * 1e3 for s in cpu["portacnn", t]]),
+                    "torch_cpu_ms": summarize([s * 1e3 for s in cpu["torch", t]]),
+                    "cpu_ratio": summarize([a / b for a, b in zip(cpu["portacnn", t],
+                                                                   cpu["torch", t])])}
             with backend.limit_threads(1):
                 peak = peak_bytes(fns["portacnn"], backend)
             row["peak_mib"] = {"portacnn_traced": None if peak is None else peak / 2**20}
@@ -116,19 +123,22 @@ def _interleaved(backend, torch, fns, threads, repeats, steps):
     the contenders' order rotates every run."""
     contenders = [(side, t) for t in threads for side in ("portacnn", "torch")]
     times = {c: [] for c in contenders}
+    cpu = {c: [] for c in contenders}
     for r in range(repeats + 1):
         k = r % len(contenders)
         for side, t in contenders[k:] + contenders[:k]:
             with backend.limit_threads(t):
                 torch.set_num_threads(t)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(steps):
                     fns[side]()
                 seconds = (time.perf_counter() - t0) / steps
+                cpu_seconds = (time.process_time() - c0) / steps
             if r:
                 times[side, t].append(seconds)
+                cpu[side, t].append(cpu_seconds)
     torch.set_num_threads(1)
-    return times
+    return times, cpu
 
 
 def format_row(row) -> str:

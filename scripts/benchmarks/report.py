@@ -5,6 +5,7 @@ docs/bench/<machine kind>.json."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from .sweep import label, ratio_text
@@ -16,14 +17,17 @@ END = "<!-- bench.py --write-docs: end -->"
 def markdown(report) -> str:
     """The tables of ``report``'s ``sweep`` and ``networks`` sections (either may be absent)."""
     m = report["machine"]
-    lines = [f"Measured by `python scripts/bench.py {report.get('command', '')}`".rstrip()
+    command = f"python scripts/bench.py {report.get('command', '')}".rstrip()
+    lines = [textwrap.fill(f"Measured by `{command}`"
              + f" on {m['cpu']} ({m['cores']} cores), NumPy {m['numpy']}, "
              f"PyTorch {m.get('torch', '?')}, kernels `{m['kernels']}`, {report['date']}; "
              f"load average {_load(report['load_average_start'])} at the start and "
              f"{_load(report['load_average_end'])} at the end (other agents shared the "
              f"machine). Ratios are portacnn / PyTorch time (below 1: portacnn faster), "
-             f"medians of interleaved runs. Full figures: "
-             f"[bench/{report['machine_kind']}.json](bench/{report['machine_kind']}.json).", ""]
+             f"medians of interleaved runs; the sweep's times are the process's CPU time at "
+             f"1 thread, the networks' the wall clock's. Full figures: "
+             f"[bench/{report['machine_kind']}.json](bench/{report['machine_kind']}.json).",
+                           width=96, break_on_hyphens=False), ""]
     if report.get("sweep"):
         lines += ["| convolution (N x C x H², F@k, stride, groups) | route | forward | "
                   "weight grad | input grad | portacnn GFLOP/s fwd / dW / dx |",
@@ -42,12 +46,12 @@ def markdown(report) -> str:
         threads = [t for t in report["networks_threads"]]
         lines += ["| network, mode, batch | " + " | ".join(
             f"{t} thread{'s' if t > 1 else ''}: portacnn / PyTorch ms (ratio)" for t in threads)
-            + " | traced peak MiB | RSS growth MiB portacnn / PyTorch |",
-            "|---|" + "---|" * (len(threads) + 2)]
+            + " | 1 thread, by CPU time | traced peak MiB | RSS growth MiB portacnn / "
+            "PyTorch |", "|---|" + "---|" * (len(threads) + 3)]
         for row in report["networks"]:
             if "skipped" in row:
                 lines.append(f"| {row['network']} | {row['skipped']} |" + " |" * (len(threads)
-                                                                                 + 1))
+                                                                                 + 2))
                 continue
             cells = []
             for t in threads:
@@ -57,9 +61,11 @@ def markdown(report) -> str:
             rss = row.get("rss_growth_mib")
             rss_text = ("n/a" if not rss else
                         f"{_num(rss['portacnn'])} / {_num(rss['torch'])}")
+            one = row["by_threads"].get("1")
+            cpu_text = "n/a" if one is None else f"{one['cpu_ratio']['median']:.2f}x"
             lines.append(f"| {row['network']} {row['mode']}, {row['batch']} | "
-                         + " | ".join(cells)
-                         + f" | {_num(row['peak_mib']['portacnn_traced'])} | {rss_text} |")
+                         + " | ".join(cells) + f" | {cpu_text} | "
+                         f"{_num(row['peak_mib']['portacnn_traced'])} | {rss_text} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -7,7 +7,9 @@ Per shape: ``backend.kernels.conv2d_forward`` (training mode: it keeps its cache
 dW and db) against ``torch.ops.aten.convolution_backward`` with output mask (dx no, dW, db);
 the full backward (dx, dW, db) against the mask (yes, yes, yes). The input gradient's time is
 the full backward's minus the weight gradient's, on both sides alike. Each time is the median
-over ``repeats`` of a loop of calls lasting at least ``min_seconds``; GFLOP/s counts
+over ``repeats`` of a loop of calls lasting at least ``min_seconds`` of the process's CPU time
+(:data:`CLOCK`; both sides run on one thread, so that is their work without the time slices
+other programs took); GFLOP/s counts
 2·N·F·OH·OW·(C/groups)·kh·kw per product (forward, dW and dx each). The route is what the CPU
 override took: the cache's ``route`` attribute where it has one, else its class name
 (``RowBlockCache``: batch-minor rows; ``ConvCache``: columns).
@@ -69,6 +71,11 @@ QUICK_SHAPES = [
 ]
 
 OPS = ("forward", "weight_grad", "full_backward")
+
+# Both sides run on the calling thread alone (1 BLAS thread, torch.set_num_threads(1)), so the
+# process's CPU time is the work itself: on a shared machine the wall clock also counts the
+# time slices other programs took, which land on one side or the other at random.
+CLOCK = time.process_time
 
 
 def accepts_groups(fn) -> bool:
@@ -161,11 +168,11 @@ def _one_shape(backend, torch, s, repeats, min_seconds):
             sides.reverse()
         for op in OPS:
             for side, fn in sides:
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 for _ in range(calls[op]):
                     fn(op)
                 if r:
-                    times[side, op].append((time.perf_counter() - t0) / calls[op])
+                    times[side, op].append((CLOCK() - t0) / calls[op])
     flops = products_flops(n, c, f, k, groups, oh, ow)
     out = {"out_size": [oh, ow], "route": route_of(cache), "flops_per_product": flops,
            "max_rel_err": err}
@@ -185,9 +192,9 @@ def _one_shape(backend, torch, s, repeats, min_seconds):
 
 def _calls_for(fn, min_seconds):
     """How many calls make one timed sample last at least ``min_seconds`` (at most 200)."""
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    once = max(time.perf_counter() - t0, 1e-6)
+    once = max(CLOCK() - t0, 1e-6)
     return max(1, min(200, int(np.ceil(min_seconds / once))))
 
 
