@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["available_cores", "default_threads"]
+__all__ = ["available_cores", "default_threads", "threads_for_fit"]
 
 
 def available_cores() -> int:
@@ -52,3 +52,29 @@ def default_threads(*, cores: int | None = None, load: float | None = None) -> i
 
 
 IDLE_ENOUGH = 0.25      # a core this much (or less) in use still counts as idle
+
+
+def threads_for_fit(requested: int | None = None, *, blas_threads: int | None = None) -> int | None:
+    """The BLAS thread count ``fit`` runs at, for ``backend.limit_threads``: ``requested`` if
+    given; None (leave the pools alone) when something already capped them below the cores
+    (the command line, a benchmark, the user's ``threadpool_limits``); else
+    :func:`default_threads`.
+
+    ``blas_threads``: the BLAS pools' current thread count (read with threadpoolctl by default;
+    None when no BLAS library is loaded, as on backends that bring their own).
+    """
+    if requested is not None:
+        return requested
+    if blas_threads is None:
+        blas_threads = _blas_threads()
+    if blas_threads is None or blas_threads < available_cores():
+        return None
+    return default_threads()
+
+
+def _blas_threads() -> int | None:
+    from threadpoolctl import threadpool_info
+
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else None
+

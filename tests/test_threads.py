@@ -27,3 +27,24 @@ def test_the_command_line_leaves_threads_to_the_policy_unless_asked():
 
     assert train_parser().parse_args([]).threads is None
     assert train_parser().parse_args(["--threads", "2"]).threads == 2
+
+
+def test_fit_takes_what_it_is_asked_or_leaves_a_cap_alone(monkeypatch):
+    import portacnn.threads as threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads, "default_threads", lambda: 3)
+    assert threads.threads_for_fit(2, blas_threads=4) == 2          # asked for
+    assert threads.threads_for_fit(blas_threads=1) is None          # capped by the caller
+    assert threads.threads_for_fit(blas_threads=4) == 3             # uncapped: the policy
+
+
+def test_fit_reads_the_pools_a_caller_capped():
+    from threadpoolctl import threadpool_limits
+
+    from portacnn.threads import threads_for_fit
+
+    if available_cores() < 2:
+        pytest.skip("one core: a cap of 1 is no cap")
+    with threadpool_limits(limits=1):
+        assert threads_for_fit() is None
