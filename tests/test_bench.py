@@ -224,7 +224,7 @@ def test_the_small_vgg_twin_starts_from_the_same_weights():
     from portacnn.backends import get_backend
 
     build, input_shape, _ = networks()["small_vgg"]
-    pair = Pair(build, input_shape, get_backend("cpu"), torch, 2, 2)
+    pair = Pair("small_vgg", build, input_shape, get_backend("cpu"), torch, 2, 2)
     assert pair.same_weights
     assert pair.ours_train() == pytest.approx(pair.theirs_train(), rel=1e-5)
 

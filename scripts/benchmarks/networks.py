@@ -4,9 +4,10 @@ core, all four contenders A/B interleaved in one process (the order rotates ever
 the peak memory of each.
 
 Threads: BLAS pools capped with the backend's ``limit_threads`` (threadpoolctl), PyTorch's with
-``torch.set_num_threads``. Each time is the wall clock's; the process's CPU time is kept beside
-it (``*_cpu_ms``, ``cpu_ratio``): at 1 thread it is the work without the time slices other
-programs took, at more threads it also counts the threads' waiting. Memory: ``peak_mib`` is
+``torch.set_num_threads``. Each time is the wall clock's; the calling thread's CPU time is kept
+beside it (``*_cpu_ms``, ``cpu_ratio``): at 1 thread it is all the work without the time slices
+other programs took (the process's CPU time would also count pool threads still spinning after a
+2-thread run), at more threads only the calling thread's share. Memory: ``peak_mib`` is
 portacnn's traced peak of one step above what was live before it (tracemalloc sees every NumPy
 allocation; it cannot see PyTorch's, so the PyTorch side has none); ``rss_growth_mib``
 (``--rss``) is the growth of the resident set over one first step in a fresh child process, both
@@ -40,10 +41,10 @@ def batch(input_shape, n, seed=0):
 class Pair:
     """One network in portacnn and in torch, with an optimizer each and a batch on both."""
 
-    def __init__(self, build, input_shape, backend, torch, batch_size, infer_batch):
+    def __init__(self, name, build, input_shape, backend, torch, batch_size, infer_batch):
         self.backend, self.torch = backend, torch
         self.model = build(backend, "float32")
-        self.net, self.same_weights = torch_twin(self.model, torch)
+        self.net, self.same_weights = torch_twin(name, self.model, torch)
         self.opt = SGD(LR, momentum=MOMENTUM)
         self.topt = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
         x, y = batch(input_shape, batch_size)
@@ -84,7 +85,7 @@ def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, st
             rows.append({"network": name, "skipped": note})
             log(f"    {name}: {note}")
             continue
-        pair = Pair(build, input_shape, backend, torch, batch_size, infer_batch)
+        pair = Pair(name, build, input_shape, backend, torch, batch_size, infer_batch)
         first = {"portacnn": pair.ours_train(), "torch": pair.theirs_train()}
         for mode in ("train", "infer"):
             row = {"network": name, "mode": mode, "source": note,
@@ -129,11 +130,11 @@ def _interleaved(backend, torch, fns, threads, repeats, steps):
         for side, t in contenders[k:] + contenders[:k]:
             with backend.limit_threads(t):
                 torch.set_num_threads(t)
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 for _ in range(steps):
                     fns[side]()
                 seconds = (time.perf_counter() - t0) / steps
-                cpu_seconds = (time.process_time() - c0) / steps
+                cpu_seconds = (time.thread_time() - c0) / steps
             if r:
                 times[side, t].append(seconds)
                 cpu[side, t].append(cpu_seconds)
@@ -176,7 +177,7 @@ def rss_child_main(spec, backend, torch):
     build, input_shape, _ = networks()[name]
     torch.set_num_threads(1)
     with backend.limit_threads(1):
-        pair = Pair(build, input_shape, backend, torch, batch_size, infer_batch)
+        pair = Pair(name, build, input_shape, backend, torch, batch_size, infer_batch)
         fn = getattr(pair, f"{'ours' if side == 'portacnn' else 'theirs'}_{mode}")
         before = _status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")        # VmHWM := VmRSS

@@ -24,8 +24,8 @@ def markdown(report) -> str:
              f"load average {_load(report['load_average_start'])} at the start and "
              f"{_load(report['load_average_end'])} at the end (other agents shared the "
              f"machine). Ratios are portacnn / PyTorch time (below 1: portacnn faster), "
-             f"medians of interleaved runs; the sweep's times are the process's CPU time at "
-             f"1 thread, the networks' the wall clock's. Full figures: "
+             f"medians of interleaved runs; the sweep's times are the calling thread's CPU time "
+             f"at 1 thread, the networks' the wall clock's. Full figures: "
              f"[bench/{report['machine_kind']}.json](bench/{report['machine_kind']}.json).",
                            width=96, break_on_hyphens=False), ""]
     if report.get("sweep"):

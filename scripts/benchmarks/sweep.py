@@ -7,9 +7,9 @@ Per shape: ``backend.kernels.conv2d_forward`` (training mode: it keeps its cache
 dW and db) against ``torch.ops.aten.convolution_backward`` with output mask (dx no, dW, db);
 the full backward (dx, dW, db) against the mask (yes, yes, yes). The input gradient's time is
 the full backward's minus the weight gradient's, on both sides alike. Each time is the median
-over ``repeats`` of a loop of calls lasting at least ``min_seconds`` of the process's CPU time
-(:data:`CLOCK`; both sides run on one thread, so that is their work without the time slices
-other programs took); GFLOP/s counts
+over ``repeats`` of a loop of calls lasting at least ``min_seconds`` of the calling thread's CPU
+time (:data:`CLOCK`; both sides run on that thread alone, so that is their work without the
+time slices other programs took); GFLOP/s counts
 2·N·F·OH·OW·(C/groups)·kh·kw per product (forward, dW and dx each). The route is what the CPU
 override took: the cache's ``route`` attribute where it has one, else its class name
 (``RowBlockCache``: batch-minor rows; ``ConvCache``: columns).
@@ -31,10 +31,11 @@ SHAPES = [
     (64, 1, 28, 6, 5, 1, 2, 1, "LeNet conv1"),
     (64, 6, 14, 16, 5, 1, 0, 1, "LeNet conv2"),
     (32, 16, 20, 32, 3, 1, 1, 1, "issue 21's misrouted shape"),
-    (64, 3, 32, 16, 3, 1, 1, 1, "VGG conv1"),
-    (64, 16, 32, 32, 3, 1, 1, 1, "VGG conv2"),
+    (64, 3, 32, 32, 3, 1, 1, 1, "VGG conv1"),
+    (64, 32, 32, 32, 3, 1, 1, 1, "VGG conv2"),
     (64, 32, 16, 64, 3, 1, 1, 1, "VGG conv3"),
-    (64, 64, 16, 128, 3, 1, 1, 1, "VGG conv4"),
+    (64, 64, 16, 64, 3, 1, 1, 1, "VGG conv4"),
+    (64, 64, 16, 128, 3, 1, 1, 1, "64->128 channels, 16 px"),
     (64, 16, 32, 16, 3, 1, 1, 1, "ResNet-20 stage 1"),
     (64, 16, 32, 32, 3, 2, 1, 1, "ResNet-20 into stage 2"),
     (64, 16, 32, 32, 1, 2, 0, 1, "ResNet-20 1x1 shortcut"),
@@ -72,10 +73,11 @@ QUICK_SHAPES = [
 
 OPS = ("forward", "weight_grad", "full_backward")
 
-# Both sides run on the calling thread alone (1 BLAS thread, torch.set_num_threads(1)), so the
-# process's CPU time is the work itself: on a shared machine the wall clock also counts the
-# time slices other programs took, which land on one side or the other at random.
-CLOCK = time.process_time
+# Both sides run on the calling thread alone (1 BLAS thread, torch.set_num_threads(1)), so its
+# CPU time is the work itself: on a shared machine the wall clock also counts the time slices
+# other programs took, which land on one side or the other at random; the process's CPU time
+# would count pool threads still spinning after an earlier multi-threaded call.
+CLOCK = time.thread_time
 
 
 def accepts_groups(fn) -> bool:

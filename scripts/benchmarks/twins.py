@@ -3,8 +3,8 @@
 A portacnn :class:`~portacnn.model.Sequential` is translated layer by layer
 (:func:`torch_twin`: same shapes, same initial weights); ResNet-20, a graph, has a hand-written
 twin (:func:`torch_resnet20`). The small VGG is ``portacnn.models.small_vgg`` where that
-exists, else built here (:func:`small_vgg`) as the issue describes it: four 3x3 convolutions of
-16-32-64-128 channels, ReLU, two max poolings, one dense layer, for 32x32 colour images.
+exists, else built here (:func:`small_vgg`) as agreed for it: four 3x3 convolutions of
+32-32-64-64 channels, ReLU, two max poolings, one dense layer, for 32x32 colour images.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from portacnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from portacnn.models import lenet5
 
 
-def small_vgg(device=None, dtype="float32", seed=0, width=16, num_classes=10):
-    """The small VGG of issue 21 (conv widths ``width`` x 1, 2, 4, 8) on (3, 32, 32)."""
-    w = width
-    layers = [Conv2D(w, 3, padding=1), ReLU(), Conv2D(2 * w, 3, padding=1), ReLU(),
-              MaxPool2D(2), Conv2D(4 * w, 3, padding=1), ReLU(),
-              Conv2D(8 * w, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
-              Dense(num_classes)]
+def small_vgg(device=None, dtype="float32", seed=0, width=32, num_classes=10):
+    """The small VGG agreed for ``portacnn.models.small_vgg`` on (3, 32, 32): two blocks of two
+    3x3 "same" convolutions (``width``, then twice as many channels; ReLU, He init), each
+    followed by 2x2 max pooling, then one dense layer."""
+    def conv(filters):
+        return [Conv2D(filters, 3, padding="same", init="he"), ReLU()]
+
+    layers = [*conv(width), *conv(width), MaxPool2D(2), *conv(2 * width), *conv(2 * width),
+              MaxPool2D(2), Flatten(), Dense(num_classes)]
     return Sequential(layers, input_shape=(3, 32, 32), device=device, dtype=dtype, seed=seed)
 
 
@@ -33,32 +35,32 @@ def networks():
     out = {"lenet5": (lambda device, dtype: lenet5(device=device, dtype=dtype, seed=0),
                       (1, 28, 28), "portacnn.models.lenet5")}
     if hasattr(models, "small_vgg"):
-        out["small_vgg"] = (lambda device, dtype: models.small_vgg(device=device, dtype=dtype),
+        out["small_vgg"] = (lambda device, dtype: models.small_vgg(device=device, dtype=dtype,
+                                                                   seed=0),
                             (3, 32, 32), "portacnn.models.small_vgg")
     else:
         out["small_vgg"] = (lambda device, dtype: small_vgg(device=device, dtype=dtype),
                             (3, 32, 32), "built in scripts/benchmarks/twins.py (portacnn.models "
                             "has no small_vgg yet)")
     if hasattr(models, "resnet20"):
-        out["resnet20"] = (lambda device, dtype: models.resnet20(device=device, dtype=dtype),
+        out["resnet20"] = (lambda device, dtype: models.resnet20(device=device, dtype=dtype,
+                                                                 seed=0),
                            (3, 32, 32), "portacnn.models.resnet20")
     else:
         out["resnet20"] = (None, (3, 32, 32), "skipped: portacnn.models has no resnet20 yet")
     return out
 
 
-def torch_twin(model, torch):
-    """``model``'s twin in torch.nn: a Sequential translated layer by layer with the same
-    initial weights; a graph model (no ``layers`` list of known kinds) gets
-    :func:`torch_resnet20` with weights copied where every shape lines up in order. Returns
-    ``(net, same_weights)``."""
+def torch_twin(name, model, torch):
+    """``model``'s twin in torch.nn: ResNet-20 is :func:`torch_resnet20` with the weights
+    copied where every shape lines up in order; a Sequential is translated layer by layer with
+    the same initial weights. Returns ``(net, same_weights)``."""
     nn = torch.nn
-    layers = getattr(model, "layers", None)
-    try:
-        modules = [_torch_layer(layer, nn) for layer in layers]
-    except (TypeError, NotImplementedError):
+    if name == "resnet20":
         net = torch_resnet20(torch)
         return net, _copy_in_order(model, net, torch)
+    layers = model.layers
+    modules = [_torch_layer(layer, nn) for layer in layers]
     net = nn.Sequential(*modules)
     with torch.no_grad():
         for layer, module in zip(layers, modules):
@@ -87,9 +89,12 @@ def _torch_layer(layer, nn):
     simple = {"ReLU": nn.ReLU, "Tanh": nn.Tanh, "Sigmoid": nn.Sigmoid, "Flatten": nn.Flatten}
     if kind in simple:
         return simple[kind]()
+    if kind == "Dropout":
+        return nn.Dropout(layer.p)
     if kind == "GlobalAvgPool2D":
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    raise NotImplementedError(f"no torch twin for layer {kind}")
+    raise NotImplementedError(f"no torch twin for a {kind} layer: add it to "
+                              "scripts/benchmarks/twins.py")
 
 
 def torch_resnet20(torch, num_classes=10):
