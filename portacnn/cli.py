@@ -108,9 +108,10 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, type=Path, metavar="DIR",
                    help="write history, filters, feature_maps, predictions and confusion PNGs "
                         "to DIR after training (needs portacnn[viz]) (default: no pictures)")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS (and PyTorch) threads, capped at the machine's cores; 1 stays "
-                        "fast when another process is busy on the machine (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="BLAS (and PyTorch) threads, capped at the machine's cores; without "
+                        "it, the cores the 1-minute load average leaves idle (at least 1), and 1 "
+                        "a process under mpiexec (default: idle cores)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar: one line per epoch, as in a log")
     # training habits: the rate's schedule, clipping, early stopping, the best checkpoint
@@ -219,6 +220,7 @@ def train(args) -> int:
     from . import data, distributed, optim, training
     from .allocator import keep_freed_memory
     from .backends import get_backend
+    from .threads import default_threads
 
     parallel = distributed.launched_by_mpi()        # mpiexec -n N: data parallel over N processes
     if parallel:
@@ -226,7 +228,8 @@ def train(args) -> int:
         distributed.silence_unless_root()
         distributed.interrupt_on_sigterm()          # how mpiexec passes a Ctrl-C on
     backend = distributed.rank_device(args.device) if parallel else get_backend(args.device)
-    threads = _threads(args.threads)
+    threads = (_threads(args.threads) if args.threads is not None
+               else 1 if parallel else default_threads())
     keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
     if args.plots is not None:
         try:

@@ -172,3 +172,98 @@ def test_the_pytorch_peer_computes_float32_without_tf32_as_cupy_does():
     peer = bench.Peer(torch, _FakeGPU())
     assert matmul.allow_tf32 is False and cudnn.allow_tf32 is False
     assert peer.device.type == "cuda" and peer.tf32 is False
+
+
+# --- the convolution sweep and the networks (--sweep, --networks) -----------------------------
+
+SHAPES_AND_NETWORKS = ["--sections", "none", "--sweep", "--networks", "--quick", "--repeats", "1",
+                       "--network-threads", "1", "--only", "lenet5,resnet20"]
+
+
+@pytest.fixture(scope="module")
+def shapes_and_networks(tmp_path_factory):
+    pytest.importorskip("torch", reason="torch is not installed (the sweep's peer)")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert bench.main(SHAPES_AND_NETWORKS + ["--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_sweep_times_every_shape_and_agrees_with_pytorch(shapes_and_networks):
+    from benchmarks.sweep import QUICK_SHAPES, accepts_groups
+
+    from portacnn.backends import get_backend
+
+    rows = shapes_and_networks["sweep"]
+    assert [row["what"] for row in rows] == [shape[-1] for shape in QUICK_SHAPES]
+    grouped = accepts_groups(get_backend("cpu").kernels.conv2d_forward)
+    for row in rows:
+        if row["groups"] > 1 and not grouped:
+            assert "groups=" in row["skipped"]
+            continue
+        assert row["max_rel_err"] < 1e-4 and row["route"]
+        assert row["forward"]["portacnn_gflops"] > 0 and row["weight_grad"]["ratio"] > 0
+
+
+def test_the_networks_start_alike_and_report_time_and_memory(shapes_and_networks):
+    rows = {(row["network"], row.get("mode")): row for row in shapes_and_networks["networks"]}
+    train = rows["lenet5", "train"]
+    loss = train["first_step_loss"]             # same weights, same batch: the same loss
+    assert loss["portacnn"] == pytest.approx(loss["torch"], rel=1e-5)
+    assert train["by_threads"]["1"]["ratio"]["median"] > 0
+    assert train["peak_mib"]["portacnn_traced"] > 0
+    assert rows["lenet5", "infer"]["by_threads"]["1"]["portacnn_ms"]["runs"] == 1
+    assert ("resnet20", None) in rows or ("resnet20", "train") in rows   # skipped, or timed
+    assert "small_vgg" not in {name for name, _ in rows}                  # --only
+
+
+def test_the_small_vgg_twin_starts_from_the_same_weights():
+    torch = pytest.importorskip("torch")
+    from benchmarks.networks import Pair
+    from benchmarks.twins import networks
+
+    from portacnn.backends import get_backend
+
+    build, input_shape, _ = networks()["small_vgg"]
+    pair = Pair("small_vgg", build, input_shape, get_backend("cpu"), torch, 2, 2)
+    assert pair.same_weights
+    assert pair.ours_train() == pytest.approx(pair.theirs_train(), rel=1e-5)
+
+
+def test_write_docs_keeps_the_lenet_run_and_replaces_its_own_tables(shapes_and_networks,
+                                                                    tmp_path):
+    from benchmarks.report import BEGIN, write_docs
+
+    kind = shapes_and_networks["machine_kind"]
+    (tmp_path / "docs" / "bench").mkdir(parents=True)
+    lenet_run = {"machine": {"cpu": "earlier"}, "by_threads": [{"threads": 1}]}
+    (tmp_path / "docs" / "bench" / f"{kind}.json").write_text(json.dumps(lenet_run))
+    (tmp_path / "docs" / "performance.md").write_text("# Performance\n\nText.\n")
+    for _ in range(2):
+        json_path, doc = write_docs(shapes_and_networks, tmp_path)
+    data = json.loads(json_path.read_text())
+    assert data["by_threads"] == lenet_run["by_threads"]       # no LeNet-5 run: kept
+    assert data["shapes_and_networks"]["sweep"] == shapes_and_networks["sweep"]
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nText.\n") and text.count(BEGIN) == 1
+    assert "| lenet5 train, 8 |" in text
+
+
+def test_machine_kind_names_the_file_per_machine():
+    from benchmarks.common import machine_kind
+
+    assert machine_kind({"cpu": "AMD EPYC 9B14 96-Core Processor", "cores": 2}) == \
+        "cpu-amd-epyc-2core"
+    assert machine_kind({"cpu": "x", "cores": 1, "device": {"gpu": "NVIDIA H100 80GB HBM3"}}) \
+        == "gpu-nvidia-h100-80gb-hbm3"
+
+
+def test_grouped_rows_run_only_where_the_kernel_takes_groups():
+    from benchmarks.sweep import accepts_groups
+
+    def grouped(x, weight, *, groups=1, inference=False):
+        pass
+
+    def plain(x, weight, *, inference=False):
+        pass
+
+    assert accepts_groups(grouped) and not accepts_groups(plain)

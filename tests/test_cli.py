@@ -120,7 +120,7 @@ def test_help_shows_every_options_default():
     text = " ".join(parser.format_help().split())
     for option, default in (("--epochs", "10"), ("--batch-size", "32"), ("--seed", "0"),
                             ("--dtype", "float32"), ("--optimizer", "sgd"),
-                            ("--model", "lenet5"), ("--threads", "1")):
+                            ("--model", "lenet5"), ("--threads", "idle cores")):
         assert f"(default: {default})" in text.split(f"{option} ", 2)[-1].split(" --")[0], option
     for action in parser._actions:          # each option that takes a value says its default
         if action.option_strings and action.nargs != 0:

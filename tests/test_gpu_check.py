@@ -238,6 +238,8 @@ def test_bench_imports_the_checkouts_portacnn_without_an_install(tmp_path):
     (checkout / "scripts").mkdir()
     for name in ("bench.py", "tutorial_lenet.py"):
         shutil.copy(ROOT / "scripts" / name, checkout / "scripts" / name)
+    shutil.copytree(ROOT / "scripts" / "benchmarks", checkout / "scripts" / "benchmarks",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     # -I: no PYTHONPATH, no current directory, no script directory on sys.path
     code = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='bench'); "
             "print(sys.modules['portacnn'].__file__)")
