@@ -278,7 +278,7 @@ def train(args) -> int:
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                              optimizer=opt, seed=args.seed, verbose=2 if args.quiet else 1,
-                             augment=augment, **validation, **habits)
+                             augment=augment, threads=threads, **validation, **habits)
         total = time.perf_counter() - t0
         loss, acc = runner.evaluate(x_test, y_test)
     train_s = sum(history["seconds"])

@@ -29,6 +29,17 @@ else:
     array_api_strict.set_array_api_strict_flags(api_version="2024.12")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_blas_thread():
+    """Every test's BLAS runs on one thread, whatever the machine's cores and load: two results
+    a test compares come from one thread count (``fit``'s thread policy leaves a pool capped
+    below the cores alone), and a loaded CI machine is not oversubscribed."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(params=SELECTED)
 def backend(request):
     """Every backend in the matrix (heavier tests use ``core_backend``)."""

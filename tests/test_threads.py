@@ -48,3 +48,35 @@ def test_fit_reads_the_pools_a_caller_capped():
         pytest.skip("one core: a cap of 1 is no cap")
     with threadpool_limits(limits=1):
         assert threads_for_fit() is None
+
+
+def test_fit_trains_inside_the_thread_count_the_policy_gives(monkeypatch):
+    """fit runs its epochs under ``backend.limit_threads``: the count asked for, else the
+    policy's, and one a process when a batch is shared by several."""
+    import contextlib
+
+    import numpy as np
+
+    import portacnn.training.loop as loop
+    from portacnn import Dense, Flatten, Sequential
+    from portacnn.training import OneProcess
+
+    model = Sequential([Flatten(), Dense(3)], input_shape=(1, 2, 2), device="cpu")
+    seen = []
+
+    @contextlib.contextmanager
+    def limit_threads(threads):
+        seen.append(threads)
+        yield
+
+    monkeypatch.setattr(model.backend, "limit_threads", limit_threads)
+    monkeypatch.setattr(loop, "threads_for_fit", lambda t: 5 if t is None else t)
+
+    class TwoProcesses(OneProcess):
+        size = 2
+
+    x, y = np.zeros((4, 1, 2, 2), dtype=np.float32), np.array([0, 1, 2, 0])
+    model.fit(x, y, verbose=0)
+    model.fit(x, y, verbose=0, threads=3)
+    loop.fit(model, x, y, verbose=0, replicas=TwoProcesses())
+    assert seen == [5, 3, 1]

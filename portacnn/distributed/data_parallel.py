@@ -278,7 +278,8 @@ class DataParallel:
                                                     optimizer, seed=seed, **kwargs)
         call.apply_defaults()                       # a default and its value passed agree
         self._agree("DataParallel.fit", {name: value for name, value in call.arguments.items()
-                                         if name not in ("model", "replicas", "verbose", "file")})
+                                         if name not in ("model", "replicas", "verbose", "file",
+                                                         "threads")})
         for name in sorted(optimizer.state):        # the same order on every process
             slots = optimizer.state[name]
             for slot in sorted(slots):

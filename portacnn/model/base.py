@@ -213,6 +213,10 @@ class ModelBase:
             callbacks: :class:`~portacnn.training.Callback` objects run around each epoch
                 (:mod:`portacnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
                 ``LearningRateScheduler`` for a schedule of :mod:`portacnn.schedules`).
+            threads: BLAS threads while training. By default the cores the machine's load
+                leaves idle (:func:`portacnn.threads.default_threads`), unless the BLAS pools
+                are already capped below the core count (``threadpoolctl``, the command line),
+                which is then left alone; one a process under data parallelism.
 
         Returns:
             :class:`~portacnn.training.History` with per-epoch loss, accuracy, val_loss,

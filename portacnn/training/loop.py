@@ -45,6 +45,7 @@ import time
 from ..backends import on_device
 from ..optim import SGD, get_optimizer
 from ..scalars import is_real, seed_or_none
+from ..threads import threads_for_fit
 from . import checks, staging
 from .augment import check_augmentation, epoch_rng
 from .callbacks import CallbackList
@@ -143,13 +144,15 @@ def _hits(model, logits, yb):
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
         seed: int | None = 0, verbose: int = 1, file=None, augment=None, callbacks=None,
-        replicas: OneProcess = ONE_PROCESS) -> History:
+        threads: int | None = None, replicas: OneProcess = ONE_PROCESS) -> History:
     """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
     ``augment``: applied to each training batch (not to validation data), with plans drawn
     for the whole batch from :func:`~.augment.epoch_rng` (see :mod:`.augment`).
     ``callbacks``: :class:`~.callbacks.Callback` objects run around each epoch; training ends
     early after an epoch where one sets ``model.stop_training`` (rank 0's decides for every
-    process). ``replicas``: where each batch is computed (see the module's docstring)."""
+    process). ``threads``: BLAS threads while training (:func:`portacnn.threads.threads_for_fit`
+    decides when None; one a process under data parallelism). ``replicas``: where each batch is
+    computed (see the module's docstring)."""
     epochs = checks.positive_int(epochs, "epochs")
     augment = check_augmentation(augment)
     batch_size = checks.positive_int(batch_size, "batch_size")
@@ -174,33 +177,36 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     history = History()
     callbacks = CallbackList(callbacks, model, {"epochs": epochs, "steps": steps,
                                                 "verbose": verbose, "is_root": replicas.is_root})
-    callbacks.on_train_begin()
-    logs = {}
-    for epoch in range(1, epochs + 1):
-        callbacks.on_epoch_begin(epoch - 1)
-        order = rng.permutation(n) if shuffle else None
-        progress = (Progress(steps, epoch, divergence, file, accuracy=has_accuracy,
-                             live=model.backend.host_sync_is_free) if verbose == 1 else None)
-        augmenting = None if augment is None else (augment, epoch_rng(seed, epoch))
-        loss_sum, hits_sum, seconds = _train_epoch(model, x, y, order, batch_size, optimizer,
-                                                   replicas, progress, augmenting)
-        loss, acc = loss_sum / n, (hits_sum / n if has_accuracy else None)
-        divergence.after_epoch(loss, epoch, progress)
-        val_loss = val_acc = None
-        if validation_data is not None:
-            val_loss, val_acc = _evaluate(model, *validation_data,
-                                          batch_size=max(batch_size, 256), replicas=replicas)
-        history.append(loss=loss, accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
-                       seconds=seconds, images_per_s=n / seconds)
-        if verbose:
-            print(history.line(epochs), file=file or sys.stdout, flush=True)
-        logs = {key: values[-1] for key, values in history.history.items()}
-        callbacks.on_epoch_end(epoch - 1, logs)
-        if callbacks and replicas.from_root(model.stop_training):
-            break
-    model.train()
-    callbacks.on_train_end(logs)
-    return history
+    if threads is None and replicas.size > 1:
+        threads = 1                 # a core a process: each rank's BLAS on one thread
+    with model.backend.limit_threads(threads_for_fit(threads)):
+        callbacks.on_train_begin()
+        logs = {}
+        for epoch in range(1, epochs + 1):
+            callbacks.on_epoch_begin(epoch - 1)
+            order = rng.permutation(n) if shuffle else None
+            progress = (Progress(steps, epoch, divergence, file, accuracy=has_accuracy,
+                                 live=model.backend.host_sync_is_free) if verbose == 1 else None)
+            augmenting = None if augment is None else (augment, epoch_rng(seed, epoch))
+            loss_sum, hits_sum, seconds = _train_epoch(model, x, y, order, batch_size, optimizer,
+                                                       replicas, progress, augmenting)
+            loss, acc = loss_sum / n, (hits_sum / n if has_accuracy else None)
+            divergence.after_epoch(loss, epoch, progress)
+            val_loss = val_acc = None
+            if validation_data is not None:
+                val_loss, val_acc = _evaluate(model, *validation_data,
+                                              batch_size=max(batch_size, 256), replicas=replicas)
+            history.append(loss=loss, accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
+                           seconds=seconds, images_per_s=n / seconds)
+            if verbose:
+                print(history.line(epochs), file=file or sys.stdout, flush=True)
+            logs = {key: values[-1] for key, values in history.history.items()}
+            callbacks.on_epoch_end(epoch - 1, logs)
+            if callbacks and replicas.from_root(model.stop_training):
+                break
+        model.train()
+        callbacks.on_train_end(logs)
+        return history
 
 
 def _hold_out(model, x, y, validation_data, validation_split: float):

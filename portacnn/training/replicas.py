@@ -18,6 +18,7 @@ class OneProcess:
     methods across processes."""
 
     is_root = True                 # this process prints
+    size = 1                       # processes sharing each batch
 
     def shard(self, start: int, stop: int) -> tuple[int, int]:
         """The rows of the batch ``[start, stop)`` this process computes: all of them."""
