@@ -47,7 +47,9 @@ and for two nodes.
 kernels 1/3/5/7, strides 1-2, groups, batch 1-128; :mod:`benchmarks.sweep`) and ``--networks``
 LeNet-5, the small VGG and ResNet-20, training step and inference, at 1 thread and at every core
 (:mod:`benchmarks.networks`), both against PyTorch (``--compare-torch`` is implied), on the
-CPU. ``--write-docs`` writes the results into docs/bench/<machine kind>.json and their tables
+CPU; the networks' rows also give the GFLOP/s each side reaches (FLOPs counted from the model:
+:mod:`benchmarks.flops`) and its fraction of the machine's single-thread SGEMM peak, measured
+in the same run (:mod:`benchmarks.sgemm`). ``--write-docs`` writes the results into docs/bench/<machine kind>.json and their tables
 into docs/performance.md. The code of each section is in ``scripts/benchmarks/``; this file
 parses the options and runs the sections asked for.
 
@@ -81,6 +83,7 @@ from benchmarks.data_parallel import (_run_timed, data_parallel,  # noqa: E402,F
 from benchmarks.lenet import MEMORY_EPOCHS  # noqa: E402,F401
 from benchmarks.lenet_run import run_lenet  # noqa: E402
 from benchmarks.networks import bench_networks, rss_child_main  # noqa: E402
+from benchmarks.sgemm import QUICK_SIZES, SIZES, square_peak  # noqa: E402
 from benchmarks.sweep import QUICK_SHAPES, SHAPES, sweep  # noqa: E402
 
 _peak_bytes = peak_bytes            # the name the tests use
@@ -243,13 +246,19 @@ def main(argv=None):
             report["sweep"] = sweep(backend, torch, QUICK_SHAPES if args.quick else SHAPES,
                                     args.repeats, 0.001 if args.quick else 0.005)
     if args.networks:
+        report["sgemm"] = square_peak(QUICK_SIZES if args.quick else SIZES, args.repeats)
+        print("single-thread SGEMM (float32 square products, best of "
+              f"{args.repeats}): " + ", ".join(f"{s}: {g:.1f}" for s, g in
+                                               report["sgemm"]["by_size"].items())
+              + " GFLOP/s")
         print(f"networks, portacnn / PyTorch ms at threads {args.network_threads} "
               f"(interleaved):")
         report["networks_threads"] = args.network_threads
         report["networks"] = bench_networks(
             backend, torch, args.network_threads, args.repeats, args.network_batch,
             args.network_infer_batch, args.network_steps, rss=args.rss,
-            script=Path(__file__).resolve(), only=args.only)
+            script=Path(__file__).resolve(), only=args.only,
+            peak_gflops=report["sgemm"]["peak_gflops"])
     report["load_average_end"] = load_average()
     if args.sweep or args.networks:
         print()

@@ -212,8 +212,36 @@ def test_the_networks_start_alike_and_report_time_and_memory(shapes_and_networks
     assert train["by_threads"]["1"]["ratio"]["median"] > 0
     assert train["peak_mib"]["portacnn_traced"] > 0
     assert rows["lenet5", "infer"]["by_threads"]["1"]["portacnn_ms"]["runs"] == 1
+    peak = shapes_and_networks["sgemm"]["peak_gflops"]
+    one = train["by_threads"]["1"]
+    assert train["flops"] == 8 * 2_263_920 and train["sgemm_at_shapes_gflops"] > 0   # batch 8
+    assert one["portacnn_gflops"] == pytest.approx(
+        train["flops"] / one["portacnn_ms"]["median"] / 1e6)
+    assert one["torch_of_peak"] == pytest.approx(one["torch_gflops"] / peak)
     assert ("resnet20", None) in rows or ("resnet20", "train") in rows   # skipped, or timed
     assert "small_vgg" not in {name for name, _ in rows}                  # --only
+
+
+def test_flops_are_counted_from_the_model():
+    from benchmarks.flops import gemm_shapes, step_flops
+
+    from portacnn import Conv2D, Dense, Flatten, Input, Model
+    from portacnn.models import lenet5
+
+    # LeNet-5 on 28x28, multiply-adds a sample: conv1 6*28*28 outputs * 1*5*5 = 117,600;
+    # conv2 16*10*10 * 6*5*5 = 240,000; fc1 120*400 = 48,000; fc2 84*120 = 10,080; fc3
+    # 10*84 = 840; forward 416,520. Training: 3x, less conv1's input gradient (the first
+    # layer needs none): 3 * 416,520 - 117,600 = 1,131,960. FLOPs are twice those.
+    assert step_flops(lenet5(), 4) == {"train": 4 * 2 * 1_131_960, "infer": 4 * 2 * 416_520}
+    # a graph calling one convolution twice counts both calls, each with its input gradient
+    # (its second call's input is not the model's): 2 * (2*4*4 * 2*3*3) + 3 * 2*4*4 = 1,248
+    x = Input((2, 4, 4))
+    conv = Conv2D(2, 3, padding=1)
+    model = Model(x, Dense(3)(Flatten()(conv(conv(x)))))
+    assert step_flops(model, 1) == {"train": 2 * 3 * 1_248, "infer": 2 * 1_248}
+    assert gemm_shapes(lenet5(), 2, "train")[:3] == [      # conv1: forward, dW; no dx
+        (1, ((6, 25), (25, 2 * 784))), (1, ((6, 2 * 784), (2 * 784, 25))),
+        (1, ((16, 150), (150, 2 * 100)))]
 
 
 def test_the_small_vgg_twin_starts_from_the_same_weights():

@@ -13,6 +13,12 @@ allocation; it cannot see PyTorch's, so the PyTorch side has none); ``rss_growth
 (``--rss``) is the growth of the resident set over one first step in a fresh child process, both
 sides alike: the kernel's high-water mark reset with ``/proc/self/clear_refs`` after the model
 and data exist, then read after the step.
+
+Speed: ``flops`` is the row's FLOPs a call (:func:`.flops.step_flops`, counted from the
+model); each thread count's entry turns both medians into GFLOP/s and, given the machine's
+single-thread SGEMM peak, into the fraction of ``threads x peak`` (``*_of_peak``);
+``sgemm_at_shapes_gflops`` is what NumPy's products of the row's own shapes reach at one thread
+(:func:`.sgemm.shapes_gflops`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import numpy as np
 from portacnn.optim import SGD
 
 from .common import LR, MOMENTUM, peak_bytes, summarize
+from .flops import gemm_shapes, step_flops
+from .sgemm import shapes_gflops
 from .twins import networks, torch_twin
 
 
@@ -75,9 +83,11 @@ class Pair:
 
 
 def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, steps,
-                   rss=False, script=None, only=None, log=print):
-    """One row per network and mode (train / infer); see the module docstring."""
-    rows = []
+                   rss=False, script=None, only=None, peak_gflops=None, log=print):
+    """One row per network and mode (train / infer); see the module docstring. With
+    ``peak_gflops`` (the single-thread SGEMM peak, :func:`.sgemm.square_peak`) each thread
+    count's entry also says which fraction of ``threads x peak_gflops`` each side reached."""
+    rows, shapes = [], []
     for name, (build, input_shape, note) in networks().items():
         if only and name not in only:
             continue
@@ -93,6 +103,8 @@ def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, st
                    "same_initial_weights": pair.same_weights, "by_threads": {}}
             if mode == "train":
                 row["first_step_loss"] = first
+            row["flops"] = step_flops(pair.model, row["batch"])[mode]
+            shapes.append((row, gemm_shapes(pair.model, row["batch"], mode)))
             fns = {"portacnn": getattr(pair, f"ours_{mode}"),
                    "torch": getattr(pair, f"theirs_{mode}")}
             times, cpu = _interleaved(backend, torch, fns, threads, repeats,
@@ -107,6 +119,7 @@ def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, st
                     "torch_cpu_ms": summarize([s * 1e3 for s in cpu["torch", t]]),
                     "cpu_ratio": summarize([a / b for a, b in zip(cpu["portacnn", t],
                                                                    cpu["torch", t])])}
+                row["by_threads"][str(t)].update(_rates(row, t, peak_gflops))
             with backend.limit_threads(1):
                 peak = peak_bytes(fns["portacnn"], backend)
             row["peak_mib"] = {"portacnn_traced": None if peak is None else peak / 2**20}
@@ -116,7 +129,21 @@ def bench_networks(backend, torch, threads, repeats, batch_size, infer_batch, st
                                          for side in ("portacnn", "torch")}
             rows.append(row)
             log(format_row(row))
+    for row, products in shapes:       # after every timing: their buffers reach 300 MiB
+        row["sgemm_at_shapes_gflops"] = shapes_gflops(products)
     return rows
+
+
+def _rates(row, threads, peak_gflops):
+    """GFLOP/s of each side's median time at ``threads`` and, with the peak, the fraction of
+    ``threads x peak_gflops`` it is."""
+    entry, out = row["by_threads"][str(threads)], {}
+    for side in ("portacnn", "torch"):
+        gflops = row["flops"] / (entry[f"{side}_ms"]["median"] * 1e-3) / 1e9
+        out[f"{side}_gflops"] = gflops
+        if peak_gflops:
+            out[f"{side}_of_peak"] = gflops / (threads * peak_gflops)
+    return out
 
 
 def _interleaved(backend, torch, fns, threads, repeats, steps):
@@ -148,7 +175,8 @@ def format_row(row) -> str:
     parts = []
     for t, entry in row["by_threads"].items():
         parts.append(f"{t} thr {entry['portacnn_ms']['median']:.1f} / "
-                     f"{entry['torch_ms']['median']:.1f} ms = {entry['ratio']['median']:.2f}x")
+                     f"{entry['torch_ms']['median']:.1f} ms = {entry['ratio']['median']:.2f}x, "
+                     f"{entry['portacnn_gflops']:.1f} / {entry['torch_gflops']:.1f} GFLOP/s")
     mem = row["peak_mib"]["portacnn_traced"]
     text = (f"    {row['network']:<10} {row['mode']:<5} batch {row['batch']:>3}: "
             + "; ".join(parts) + ("" if mem is None else f"; traced peak {mem:.1f} MiB"))

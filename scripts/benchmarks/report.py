@@ -44,14 +44,27 @@ def markdown(report) -> str:
         lines.append("")
     if report.get("networks"):
         threads = [t for t in report["networks_threads"]]
+        sgemm = report.get("sgemm")
+        if sgemm:
+            sizes = ", ".join(f"{s}² {g:.1f}" for s, g in sgemm["by_size"].items())
+            lines += [textwrap.fill(
+                f"Single-thread SGEMM peak of this run: {sgemm['peak_gflops']:.1f} GFLOP/s "
+                f"(NumPy float32 square products, best of a few: {sizes}). GFLOP/s count the "
+                "multiply-adds of the convolutions and dense layers (x2; a training step does "
+                "forward, weight and input gradient, the first layer no input gradient); "
+                "\"SGEMM at its shapes\" is what NumPy's products of the row's own im2col "
+                "shapes (batch folded into the columns) reach at 1 thread. A kernel doing fewer "
+                "operations (Winograd, FFT) shows more GFLOP/s than it computes.",
+                width=96, break_on_hyphens=False), ""]
         lines += ["| network, mode, batch | " + " | ".join(
             f"{t} thread{'s' if t > 1 else ''}: portacnn / PyTorch ms (ratio)" for t in threads)
-            + " | 1 thread, by CPU time | traced peak MiB | RSS growth MiB portacnn / "
-            "PyTorch |", "|---|" + "---|" * (len(threads) + 3)]
+            + " | 1 thread, by CPU time | 1 thread GFLOP/s portacnn / PyTorch (of SGEMM peak) "
+            "| SGEMM at its shapes GFLOP/s | traced peak MiB | RSS growth MiB portacnn / "
+            "PyTorch |", "|---|" + "---|" * (len(threads) + 5)]
         for row in report["networks"]:
             if "skipped" in row:
                 lines.append(f"| {row['network']} | {row['skipped']} |" + " |" * (len(threads)
-                                                                                 + 2))
+                                                                                 + 4))
                 continue
             cells = []
             for t in threads:
@@ -64,10 +77,21 @@ def markdown(report) -> str:
             one = row["by_threads"].get("1")
             cpu_text = "n/a" if one is None else f"{one['cpu_ratio']['median']:.2f}x"
             lines.append(f"| {row['network']} {row['mode']}, {row['batch']} | "
-                         + " | ".join(cells) + f" | {cpu_text} | "
+                         + " | ".join(cells) + f" | {cpu_text} | {_rate_text(one)} | "
+                         f"{_num(row.get('sgemm_at_shapes_gflops'))} | "
                          f"{_num(row['peak_mib']['portacnn_traced'])} | {rss_text} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _rate_text(entry):
+    """"41.0 / 55.2 (0.36 / 0.48)": GFLOP/s of both sides and their fractions of the peak."""
+    if not entry or "portacnn_gflops" not in entry:
+        return "n/a"
+    text = f"{entry['portacnn_gflops']:.1f} / {entry['torch_gflops']:.1f}"
+    if "portacnn_of_peak" in entry:
+        text += f" ({entry['portacnn_of_peak']:.2f} / {entry['torch_of_peak']:.2f})"
+    return text
 
 
 def _num(value):
@@ -106,4 +130,4 @@ def write_docs(report, root: Path):
 
 LENET_KEYS = ("machine", "args", "by_threads", "scaling", "memory_mib_after_epochs")
 SECTION_KEYS = ("machine", "machine_kind", "command", "date", "load_average_start",
-                "load_average_end", "sweep", "networks", "networks_threads")
+                "load_average_end", "sweep", "sgemm", "networks", "networks_threads")
