@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from .models import MODELS
+from .viz import REPORT_PLOTS
 
 __all__ = ["main", "train_parser"]
 
@@ -187,7 +188,7 @@ def output_problem(args) -> str | None:
             return (f"--plots {args.plots} is a file: --plots takes a directory for the five "
                     "PNGs (created if missing)")
         problem = folder_problem(args.plots)
-        for name in PLOTS:
+        for name in REPORT_PLOTS:
             problem = problem or target_problem(args.plots / f"{name}.png", example=None)
         if problem:
             return f"--plots {args.plots}: {problem}"
@@ -248,7 +249,9 @@ def train(args) -> int:
     (x_train, y_train), (x_test, y_test) = dataset.load(directory)
     source = ("bundled MNIST sample" if directory is None and args.dataset == "mnist" else
               f"{dataset.title} in {directory or data.default_cache_dir() / dataset.cache_folder}")
-    print(f"device: {args.device or 'default'} -> backend {backend.description}")
+    asked = args.device or (f"$PORTACNN_DEVICE={os.environ['PORTACNN_DEVICE']}"
+                            if os.environ.get("PORTACNN_DEVICE") else "default")
+    print(f"device: {asked} -> backend {backend.description}")
     print(f"data: {source}, {len(x_train):,} training / {len(x_test):,} test images")
     model = MODELS[args.model](input_shape=dataset.shape, device=backend, dtype=args.dtype,
                                seed=args.seed)
@@ -288,29 +291,15 @@ def train(args) -> int:
         runner.save(args.save)
         print(f"saved {args.save}")
     if args.plots is not None and (not parallel or runner.is_root):
-        write_plots(args.plots, model, history, x_test, y_test)
+        from .viz import plot_report
+
+        written = plot_report(args.plots, model, history, x_test, y_test)
+        print(f"plots: {', '.join(str(path) for path in written)}")
     return 0
 
 
 class PlotError(RuntimeError):
     """--plots was asked for but cannot be drawn."""
-
-
-PLOTS = ("history", "filters", "feature_maps", "predictions", "confusion")
-
-
-def write_plots(directory: Path, model, history, x_test, y_test) -> None:
-    """The five PNGs of ``--plots``: curves, first-layer filters, feature maps of the first
-    test digit, predictions on the first 25 test digits, and the test confusion matrix."""
-    from . import viz
-
-    directory.mkdir(parents=True, exist_ok=True)
-    viz.plot_history(history, directory / "history.png")
-    viz.plot_filters(model, path=directory / "filters.png")
-    viz.plot_feature_maps(model, x_test[0], path=directory / "feature_maps.png")
-    viz.plot_predictions(model, x_test, y_test, n=25, path=directory / "predictions.png")
-    viz.plot_confusion(model, x_test, y_test, path=directory / "confusion.png")
-    print(f"plots: {', '.join(f'{directory / name}.png' for name in PLOTS)}")
 
 
 def main(argv=None) -> int:

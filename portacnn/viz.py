@@ -25,8 +25,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
 from .layers import AvgPool2D, Conv2D, MaxPool2D, MinPool2D
 from .backends import is_host_array, to_numpy
 
-__all__ = ["plot_history", "plot_filters", "plot_feature_maps", "plot_predictions",
-           "plot_confusion", "confusion_matrix"]
+__all__ = ["REPORT_PLOTS", "plot_report", "plot_history", "plot_filters", "plot_feature_maps",
+           "plot_predictions", "plot_confusion", "confusion_matrix"]
 
 DPI = 100
 
@@ -250,3 +250,22 @@ def plot_confusion(model, x, y, path=None):
     fig.tight_layout()
     fig.confusion = matrix
     return _finish(fig, path)
+
+
+REPORT_PLOTS = ("history", "filters", "feature_maps", "predictions", "confusion")
+
+
+def plot_report(directory, model, history, x, y) -> list[Path]:
+    """The five PNGs of ``train --plots`` in ``directory`` (created if missing): the training
+    curves, the first layer's filters, the feature maps of ``x[0]``, predictions on the first
+    25 of ``x`` (N, C, H, W) with labels ``y`` (N,), and the confusion matrix. Returns the paths
+    written, in :data:`REPORT_PLOTS` order."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.png" for name in REPORT_PLOTS]
+    plot_history(history, paths[0])
+    plot_filters(model, path=paths[1])
+    plot_feature_maps(model, x[0], path=paths[2])
+    plot_predictions(model, x, y, n=25, path=paths[3])
+    plot_confusion(model, x, y, path=paths[4])
+    return paths

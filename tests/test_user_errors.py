@@ -512,7 +512,7 @@ def _readme_section(title):
 
 def test_the_readme_library_snippets_run_verbatim(tmp_path, monkeypatch):
     blocks = _readme_section("Use it as a library")
-    assert len(blocks) == 2
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)                         # it saves lenet5.safetensors
     # One BLAS thread, as the CLI uses: two threads on a busy 2-core machine run 10x slower.
     with _captured(), get_backend("cpu").limit_threads(1):
@@ -522,3 +522,12 @@ def test_the_readme_library_snippets_run_verbatim(tmp_path, monkeypatch):
     assert namespace["accuracy"] > 0.9
     assert namespace["probs"].shape == (1000, 10)
     assert (tmp_path / "lenet5.safetensors").is_file()
+    # the residual block, then its fit with augmentation, a schedule and callbacks, on ten
+    # random CIFAR-shaped images (one batch an epoch)
+    rng = np.random.default_rng(0)
+    graph = {"x_train": rng.normal(size=(10, 3, 32, 32)).astype(np.float32),
+             "y_train": rng.integers(0, 10, 10), "SGD": namespace["SGD"]}
+    with _captured(), get_backend("cpu").limit_threads(1):
+        exec(compile(blocks[2], "README.md", "exec"), graph)
+        exec(compile(blocks[3], "README.md", "exec"), graph)
+    assert graph["model"].num_params() == 9962 and (tmp_path / "best.safetensors").is_file()
