@@ -68,8 +68,8 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
     """The options of ``train``; each help text ends with the option's default."""
     from .data import DATASETS
 
-    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the bundled sample by default), "
-                                       "Fashion-MNIST or CIFAR-10.")
+    p = _Parser(prog=prog, description="Train a network (LeNet-5 by default) on MNIST (the "
+                                       "bundled sample by default), Fashion-MNIST or CIFAR-10.")
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--device", default=None,
                    help="cpu (NumPy) or gpu / cuda:N (CuPy) (default: $PORTACNN_DEVICE or cpu)")
