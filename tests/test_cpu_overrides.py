@@ -116,6 +116,34 @@ def test_conv_override_in_float32(mutable_backend, monkeypatch, route):
     _check_conv(mutable_backend, ((2, 3, 9, 8), 3, 1, 1), "zeros", route, "float32")
 
 
+@pytest.mark.parametrize("groups,filters", [(2, 4), (4, 4), (4, 8)],
+                         ids=["groups2", "depthwise", "depthwise-x2"])
+@pytest.mark.parametrize("case", CASES[:4], ids=case_id)
+def test_grouped_conv_override_matches_portable_and_loops(mutable_backend, case, groups,
+                                                          filters):
+    be = mutable_backend
+    (n, _, h, w), k, s, p = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(sum(map(ord, str((case, groups)))))
+    x, wt, b = (rng.normal(size=shape)
+                for shape in ((n, 4, h, w), (filters, 4 // groups, kh, kw), (filters,)))
+    y_ref = R.conv2d(x, wt, b, s, p, "zeros", groups)
+    dy = rng.normal(size=y_ref.shape)
+    grads_ref = R.conv2d_backward(dy, x, wt, s, p, "zeros", groups)
+    xb, wb, bb, dyb = (be.asarray(a) for a in (x, wt, b, dy))
+    y, cache = cpu_conv.conv2d_forward(xb, wb, bb, s, p, groups=groups)
+    y_portable, cache_portable = K.conv2d_forward(xb, wb, bb, s, p, groups=groups)
+    assert_close(y, y_ref)
+    assert_close(y, be.to_numpy(y_portable))
+    fast, _ = cpu_conv.conv2d_forward(xb, wb, bb, s, p, groups=groups, inference=True)
+    assert_close(fast, y_ref)
+    grads = cpu_conv.conv2d_backward(dyb, wb, cache)
+    portable = K.conv2d_backward(dyb, wb, cache_portable)
+    for got, other, want in zip(grads, portable, grads_ref):
+        assert_close(got, want)
+        assert_close(got, be.to_numpy(other))
+
+
 def test_conv_without_bias(mutable_backend, host_rng):
     be = mutable_backend
     x, w = host_rng.normal(size=(2, 2, 6, 20)), host_rng.normal(size=(3, 2, 3, 3))

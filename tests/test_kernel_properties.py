@@ -59,22 +59,26 @@ def _conv_routes():
 
 
 @PROPERTY
-@given(geometries())
-def test_conv_portable_and_overrides_match_loops(geo):
+@given(geometries(), st.integers(1, 3), st.integers(1, 2))
+def test_conv_portable_and_overrides_match_loops(geo, groups, filters_per_group):
+    """``groups`` splits C = groups * (the drawn channels) and F = groups * filters_per_group;
+    groups 1 is the plain convolution, and a drawn channel count of 1 makes it depthwise."""
     shape, kernel, stride, padding, mode, seed = geo
+    shape = (shape[0], shape[1] * groups) + shape[2:]
     rng = np.random.default_rng(seed)
     x = rng.normal(size=shape)
-    w = rng.normal(size=(2, shape[1]) + kernel)
-    b = rng.normal(size=2)
-    y_ref = R.conv2d(x, w, b, stride, padding, mode)
+    f = groups * filters_per_group
+    w = rng.normal(size=(f, shape[1] // groups) + kernel)
+    b = rng.normal(size=f)
+    y_ref = R.conv2d(x, w, b, stride, padding, mode, groups)
     dy = rng.normal(size=y_ref.shape)
-    grads_ref = R.conv2d_backward(dy, x, w, stride, padding, mode)
+    grads_ref = R.conv2d_backward(dy, x, w, stride, padding, mode, groups)
     for name, forward, backward, cache_type in _conv_routes():
-        y, cache = forward(x, w, b, stride, padding, mode)
-        if cache_type is not None:
+        y, cache = forward(x, w, b, stride, padding, mode, groups=groups)
+        if cache_type is not None and groups == 1:
             assert type(cache) is cache_type, name
         assert_close(y, y_ref)
-        fast, nothing = forward(x, w, b, stride, padding, mode, inference=True)
+        fast, nothing = forward(x, w, b, stride, padding, mode, groups=groups, inference=True)
         assert nothing is None
         assert_close(fast, y_ref)
         for got, want in zip(backward(dy, w, cache), grads_ref):

@@ -56,7 +56,7 @@ class RowBlockCache(NamedTuple):
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str = "zeros", *,
-                   inference: bool = False):
+                   groups: int = 1, inference: bool = False):
     """:func:`portacnn.kernels.conv.conv2d_forward` on the CPU: ``x`` (N, C, H, W) convolved
     with ``weight`` (F, C, kh, kw) plus ``bias`` (F,). Returns ``(y, cache)``, y (N, F, OH, OW).
 
@@ -65,9 +65,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str 
     batched route (the portable :class:`~.conv.ConvCache`). See the module docstring.
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
-    g = conv_geometry(x, weight, stride, padding, padding_mode)
+    g = conv_geometry(x, weight, stride, padding, padding_mode, groups)
     n, f = x.shape[0], weight.shape[0]
-    if inference or g.ow < SHORT_ROW:
+    if groups == 1 and (inference or g.ow < SHORT_ROW):
         blocks = row_blocks(x, g)                                  # (Hp, kw*C*OW*N)
         y = _by_output_rows(blocks, weight, g, n)                  # (F, OH, OW*N)
         if bias is not None:
@@ -77,12 +77,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str 
             return y, None
         return _contiguous(xp, y), RowBlockCache(blocks, g, tuple(x.shape))
     cols = _columns(x, g)                                          # (N, C*kh*kw, OH*OW)
-    y = xp.reshape(weight, (f, -1)) @ cols                         # (N, F, OH*OW)
+    rows = xp.reshape(cols, (n, groups, -1, g.oh * g.ow))          # (N, G, C/G*kh*kw, L)
+    y = xp.reshape(weight, (groups, f // groups, -1)) @ rows       # (N, G, F/G, OH*OW)
     if bias is not None:
         length = f * g.oh * g.ow
         y = xp.reshape(y, (n, length))
         y += xp.reshape(xp.broadcast_to(bias[:, None], (f, g.oh * g.ow)), (length,))
-    return xp.reshape(y, (n, f, g.oh, g.ow)), ConvCache(cols, g, tuple(x.shape))
+    y = xp.reshape(y, (n, f, g.oh, g.ow))
+    return y, None if inference else ConvCache(cols, g, tuple(x.shape), groups)
 
 
 def conv2d_backward(dy, weight, cache: ConvCache | RowBlockCache, need_dx: bool = True):
