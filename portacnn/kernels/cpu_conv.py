@@ -30,13 +30,13 @@ output is a (N, F, OH, OW) view of (F, OH, OW, N) memory, so the activation and 
 it run over contiguous runs of the batch.
 
 **Why the row width decides.** The folded and batch-minor routes do the same
-multiplications; they differ in their copies. The folded route's copies (im2col, its adjoint) move runs of OW contiguous numbers and
-expand the input kh*kw times; the batch-minor route's move runs of OW*N and expand it kw times,
-but it pays transposes of the input and output and OH separate products. On short rows the
-folded copies are dominated by the cost of each run and batch-minor wins; on wide rows and
-1x1 kernels (nothing to expand) the folded route's large products win. In
-inference the batch-minor route also skips the output transpose, so it keeps wider rows.
-docs/performance.md has the measurements behind the two widths.
+multiplications; they differ in their copies. The folded route's copies (im2col, its adjoint)
+move runs of OW contiguous numbers and expand the input kh*kw times; the batch-minor route's
+move runs of OW*N and expand it kw times, but it pays transposes of the input and output and OH
+separate products. On short rows the folded copies are dominated by the cost of each run and
+batch-minor wins; on wide rows and padded 1x1 kernels (nothing to expand) the folded route's
+large products win. In inference the batch-minor route also skips the output transpose, so it
+keeps wider rows. docs/performance.md has the measurements behind the two widths.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ INFERENCE_SHORT_ROW = 32   # inference: the same, its batch-minor output left un
 
 class RowBlockCache(NamedTuple):
     """What :func:`conv2d_backward` needs from a batch-minor forward pass: the row blocks
-    (Hp, kw*C*OW*N) of :func:`row_blocks`, the geometry and the input shape. (The batched
-    route keeps a :class:`~.cpu_folded.FoldedCache`.)"""
+    (Hp, kw*C*OW*N) of :func:`row_blocks`, the geometry and the input shape. (The folded and
+    pointwise routes keep their own caches.)"""
 
     blocks: object
     geometry: Geometry
@@ -97,7 +97,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str 
     (N, F, OH, OW), on the route :func:`choose_route` picks: a :class:`RowBlockCache`, a
     :class:`~.cpu_folded.FoldedCache` or a :class:`~.cpu_pointwise.PointwiseCache`; None in
     inference (y then a view of batch-innermost memory on the batch-minor route, of
-    (F, N, OH, OW) memory on the folded one).
+    (F, N, OH, OW) memory on the folded one when the batch is one chunk).
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
     g = conv_geometry(x, weight, stride, padding, padding_mode, groups)

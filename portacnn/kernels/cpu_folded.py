@@ -1,9 +1,9 @@
-"""Convolution on batch-folded columns: the NumPy backend's route for wide rows, 1x1 kernels
-and grouped convolutions (:func:`.cpu_conv.choose_route` chooses).
+"""Convolution on batch-folded columns: the NumPy backend's route for wide rows, padded 1x1
+kernels and grouped convolutions (:func:`.cpu_conv.choose_route` chooses).
 
 The batch is folded into the columns, so forward, weight gradient and input gradient are each
-ONE matrix product over a whole chunk of images, as large as the shape allows, rather than one
-small product per image or per output row. With L = OH*OW, G groups and ``K = C/G*kh*kw``::
+ONE matrix product over a whole chunk of images (the weight gradient over the whole batch when
+its columns are kept), rather than one small product per image or per output row. With L = OH*OW, G groups and ``K = C/G*kh*kw``::
 
     xpad   (C, N, Hp, Wp)      the padded input, channels outermost
     cols   (G, K, N*L)         rows (c, i, j), columns (n, oh, ow)
@@ -13,8 +13,8 @@ small product per image or per output row. With L = OH*OW, G groups and ``K = C/
 
 The columns are built in two passes: the kw column shifts of the padded input,
 (C, kw, N, Hp, OW), then the kh row shifts of that stack, whose copies move whole (OH, OW)
-planes. Their adjoint adds the kh row shifts back into a (C, kw, N, Hp, OW)
-buffer and then the kw column shifts into the padded gradient: kh + kw strided ``+=`` in all.
+planes. Their adjoint adds the kh row shifts back into a (C, kw, N, Hp, OW) buffer and then
+the kw column shifts into the padded gradient: kh + kw strided ``+=`` in all.
 
 Chunks and memory: each product works on a chunk of as many images as fit ``COLUMN_CHUNK``
 bytes of columns (at least one), so the columns are read back from cache right after they are
@@ -39,11 +39,11 @@ COLUMN_BUDGET = 32 * 2**20   # most bytes of columns a cache keeps; a larger bat
 
 
 class FoldedCache(NamedTuple):
-    """What :func:`folded_backward` needs: each chunk's columns (C*kh*kw, n*L), or, for a
-    batch whose columns exceed the budget, None and the input (N, C, H, W) to build them
+    """What :func:`folded_backward` needs: the batch's columns (C, kh, kw, N, OH, OW), or, for
+    a batch whose columns exceed the budget, None and the input (N, C, H, W) to build them
     again; the geometry, input shape, groups and images per chunk."""
 
-    cols: tuple | None
+    cols: object
     x: object
     geometry: Geometry
     input_shape: tuple
