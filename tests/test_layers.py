@@ -237,3 +237,20 @@ def test_an_eval_mode_convolution_on_numpy_returns_the_batch_innermost_view():
     assert y_train.flags.c_contiguous and not y_eval.flags.c_contiguous
     assert y_eval.strides[0] == y_eval.itemsize
     np.testing.assert_allclose(y_eval, y_train, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_mode_equals_training_mode_through_every_convolution_route():
+    # On numpy the routes leave eval-mode outputs in other memory orders (the folded route's a
+    # view of (F, N, OH, OW) memory); the pooling, activation and dense layers after them must
+    # give what the training-mode (row-major) outputs give.
+    model = Sequential([Conv2D(8, 3, padding="same"), ReLU(), MaxPool2D(2),      # folded
+                        Conv2D(8, 3, padding="same", groups=8), ReLU(), AvgPool2D(2),
+                        Conv2D(4, 3), Tanh(),                                   # batch-minor
+                        Conv2D(4, 1), Flatten(), Dense(3)],                     # pointwise
+                       input_shape=(3, 40, 40), seed=0)
+    x = np.random.default_rng(0).normal(size=(5, 3, 40, 40)).astype(np.float32)
+    y_train = model.forward(x)
+    model.eval()
+    first = model.layers[0].forward(x)
+    assert first.strides[1] == 5 * first.strides[0]           # (F, N, OH, OW) memory
+    np.testing.assert_allclose(model.forward(x), y_train, rtol=1e-5, atol=1e-6)
