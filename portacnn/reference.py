@@ -63,33 +63,42 @@ def _padded(x, kh, kw, stride, padding, fill=0.0, mode="zeros"):
     return xp, (top, left), (sh, sw), (oh, ow)
 
 
-def conv2d(x, weight, bias, stride=1, padding=0, padding_mode="zeros"):
-    """y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c, i*sh + u, j*sw + v]."""
-    f_out, _, kh, kw = weight.shape
+def _group_channels(f, f_out, groups, c_per_group):
+    """The input channels filter f sees: those of its group, f // (F / groups)."""
+    first = (f // (f_out // groups)) * c_per_group
+    return slice(first, first + c_per_group)
+
+
+def conv2d(x, weight, bias, stride=1, padding=0, padding_mode="zeros", groups=1):
+    """y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c0 + c, i*sh + u, j*sw + v],
+    with c0 the first input channel of filter f's group (0 when ``groups`` is 1)."""
+    f_out, c_per_group, kh, kw = weight.shape
     xp, _, (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, mode=padding_mode)
     y = np.zeros((x.shape[0], f_out, oh, ow), dtype=x.dtype)
     for n in range(x.shape[0]):
         for f in range(f_out):
+            cs = _group_channels(f, f_out, groups, c_per_group)
             for i in range(oh):
                 for j in range(ow):
-                    patch = xp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    patch = xp[n, cs, i * sh:i * sh + kh, j * sw:j * sw + kw]
                     y[n, f, i, j] = np.sum(patch * weight[f]) + (0 if bias is None else bias[f])
     return y
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, padding_mode="zeros"):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, padding_mode="zeros", groups=1):
     """(dx, dw, db) by accumulating every output pixel's contribution, one at a time."""
-    f_out, _, kh, kw = weight.shape
+    f_out, c_per_group, kh, kw = weight.shape
     xp, (top, left), (sh, sw), (oh, ow) = _padded(x, kh, kw, stride, padding, mode=padding_mode)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(weight)
     for n in range(x.shape[0]):
         for f in range(f_out):
+            cs = _group_channels(f, f_out, groups, c_per_group)
             for i in range(oh):
                 for j in range(ow):
                     g = dy[n, f, i, j]
-                    dw[f] += g * xp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                    dxp[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw] += g * weight[f]
+                    dw[f] += g * xp[n, cs, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    dxp[n, cs, i * sh:i * sh + kh, j * sw:j * sw + kw] += g * weight[f]
     return _unpad(dxp, x.shape, top, left, padding_mode), dw, dy.sum(axis=(0, 2, 3))
 
 

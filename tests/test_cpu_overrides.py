@@ -17,8 +17,8 @@ import pytest
 from portacnn import kernels as K
 from portacnn import reference as R
 from portacnn.backends import get_backend
-from portacnn.kernels import CpuKernels, Kernels, cpu_conv, cpu_pooling
-from portacnn.kernels.conv import ConvCache
+from portacnn.kernels import CpuKernels, Kernels, cpu_conv, cpu_folded, cpu_pooling
+from portacnn.kernels.cpu_folded import FoldedCache
 from portacnn.kernels.shapes import geometry
 from portacnn.kernels.columns import im2col
 
@@ -59,7 +59,25 @@ def test_an_override_takes_the_arguments_of_its_portable_kernel(name):
 
 # --- convolution ----------------------------------------------------------------------------
 
-ROUTES = {"batched": (0, ConvCache), "batch_minor": (10**6, cpu_conv.RowBlockCache)}
+# route: (what choose_route answers, bytes of columns per chunk, bytes of columns kept, the
+# cache that route keeps). "folded_kept" runs the folded route one image per chunk keeping
+# each chunk's columns; "folded_rebuilt" keeps none and builds them again backward.
+ROUTES = {"batch_minor": ("batch_minor", cpu_conv.COLUMN_CHUNK, cpu_conv.COLUMN_BUDGET,
+                          cpu_conv.RowBlockCache),
+          "folded": ("folded", cpu_conv.COLUMN_CHUNK, cpu_conv.COLUMN_BUDGET, FoldedCache),
+          "folded_kept": ("folded", 1, cpu_conv.COLUMN_BUDGET, FoldedCache),
+          "folded_rebuilt": ("folded", 1, 0, FoldedCache)}
+
+
+def _force(monkeypatch, route):
+    """Every convolution takes ``route`` where it fits, the folded route elsewhere."""
+    answer, chunk, budget, _ = ROUTES[route]
+    fit = cpu_conv.routes_that_fit
+    monkeypatch.setattr(cpu_conv, "choose_route",
+                        lambda g, ws, groups, inference: answer if answer in fit(g, ws, groups)
+                        else "folded")
+    monkeypatch.setattr(cpu_conv, "COLUMN_CHUNK", chunk)
+    monkeypatch.setattr(cpu_conv, "COLUMN_BUDGET", budget)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +99,9 @@ def _check_conv(be, case, mode, route, dtype="float64"):
     (x, w, b, dy), (y_ref, dx_ref, dw_ref, db_ref) = _conv_reference(case, mode)
     xb, wb, bb, dyb = (be.asarray(a, dtype=dtype) for a in (x, w, b, dy))
     y, cache = cpu_conv.conv2d_forward(xb, wb, bb, s, p, mode)
-    assert type(cache) is ROUTES[route][1]
+    assert type(cache) is ROUTES[route][3]
+    if route.startswith("folded_"):
+        assert cache.chunk == 1 and (cache.cols is None) == (route == "folded_rebuilt")
     y_portable, cache_portable = K.conv2d_forward(xb, wb, bb, s, p, mode)
     assert_close(y, y_ref, dtype)
     assert_close(y, be.to_numpy(y_portable), dtype)
@@ -106,14 +126,45 @@ def _check_conv(be, case, mode, route, dtype="float64"):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_conv_override_matches_portable_and_loops(mutable_backend, monkeypatch, case, mode,
                                                   route):
-    monkeypatch.setattr(cpu_conv, "SHORT_ROW", ROUTES[route][0])     # every width takes `route`
+    _force(monkeypatch, route)
     _check_conv(mutable_backend, case, mode, route)
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_conv_override_in_float32(mutable_backend, monkeypatch, route):
-    monkeypatch.setattr(cpu_conv, "SHORT_ROW", ROUTES[route][0])
+    _force(monkeypatch, route)
     _check_conv(mutable_backend, ((2, 3, 9, 8), 3, 1, 1), "zeros", route, "float32")
+
+
+@pytest.mark.parametrize("route", ["folded", "folded_kept", "folded_rebuilt"])
+@pytest.mark.parametrize("groups,filters", [(2, 4), (4, 4), (4, 8)],
+                         ids=["groups2", "depthwise", "depthwise-x2"])
+@pytest.mark.parametrize("case", CASES[:4], ids=case_id)
+def test_grouped_conv_override_matches_portable_and_loops(mutable_backend, monkeypatch, case,
+                                                          groups, filters, route):
+    _force(monkeypatch, route)
+    be = mutable_backend
+    (n, _, h, w), k, s, p = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(sum(map(ord, str((case, groups)))))
+    x, wt, b = (rng.normal(size=shape)
+                for shape in ((n, 4, h, w), (filters, 4 // groups, kh, kw), (filters,)))
+    y_ref = R.conv2d(x, wt, b, s, p, "zeros", groups)
+    dy = rng.normal(size=y_ref.shape)
+    grads_ref = R.conv2d_backward(dy, x, wt, s, p, "zeros", groups)
+    xb, wb, bb, dyb = (be.asarray(a) for a in (x, wt, b, dy))
+    y, cache = cpu_conv.conv2d_forward(xb, wb, bb, s, p, groups=groups)
+    assert type(cache) is FoldedCache
+    y_portable, cache_portable = K.conv2d_forward(xb, wb, bb, s, p, groups=groups)
+    assert_close(y, y_ref)
+    assert_close(y, be.to_numpy(y_portable))
+    fast, _ = cpu_conv.conv2d_forward(xb, wb, bb, s, p, groups=groups, inference=True)
+    assert_close(fast, y_ref)
+    grads = cpu_conv.conv2d_backward(dyb, wb, cache)
+    portable = K.conv2d_backward(dyb, wb, cache_portable)
+    for got, other, want in zip(grads, portable, grads_ref):
+        assert_close(got, want)
+        assert_close(got, be.to_numpy(other))
 
 
 def test_conv_without_bias(mutable_backend, host_rng):
@@ -127,30 +178,78 @@ def test_conv_without_bias(mutable_backend, host_rng):
         assert_close(fast, R.conv2d(x[..., :width], w, None, 1, 1))
 
 
-@pytest.mark.parametrize("width", [cpu_conv.SHORT_ROW - 1, cpu_conv.SHORT_ROW])
-def test_training_route_follows_output_width_and_inference_takes_row_blocks(
-        mutable_backend, host_rng, width):
+@pytest.mark.parametrize("inference", [False, True])
+def test_the_route_follows_the_output_width_1x1_kernels_and_groups(inference):
+    short = cpu_conv.INFERENCE_SHORT_ROW if inference else cpu_conv.SHORT_ROW
+    entry = {"folded": "folded_forward", "batch_minor": "_by_output_rows",
+             "pointwise": "pointwise_forward"}
+    for width, kernel, padding, groups, route in (
+            (short - 1, 3, 0, 1, "batch_minor"), (short, 3, 0, 1, "folded"),
+            (2, 3, 0, 2, "folded"), (2, 1, 0, 1, "pointwise"), (2, 1, 0, 2, "pointwise"),
+            (2, 1, 1, 1, "folded")):
+        x = np.ones((2, 2, 4, width + kernel - 1 - 2 * padding))   # output width `width`
+        w = np.ones((2, 2 // groups, kernel, kernel))
+        calls = []
+        with pytest.MonkeyPatch.context() as mp:
+            for name in entry.values():
+                real = getattr(cpu_conv, name)
+                mp.setattr(cpu_conv, name, lambda *a, real=real, name=name: calls.append(name)
+                           or real(*a))
+            y, cache = cpu_conv.conv2d_forward(x, w, None, 1, padding, groups=groups,
+                                               inference=inference)
+        assert calls == [entry[route]], (width, kernel, padding, groups)
+        assert_close(y, R.conv2d(x, w, None, 1, padding, groups=groups))
+
+
+@pytest.mark.parametrize("stride", [1, 2, (2, 1), 3])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_route_matches_portable_and_loops(mutable_backend, host_rng, stride, groups):
     be = mutable_backend
-    x = host_rng.normal(size=(2, 1, 5, width + 2))              # 3x3 valid: output width `width`
-    w = host_rng.normal(size=(3, 1, 3, 3))
-    calls = []
-    real = cpu_conv._by_output_rows
+    x, w, b = (host_rng.normal(size=s) for s in ((2, 4, 7, 6), (6, 4 // groups, 1, 1), (6,)))
+    y_ref = R.conv2d(x, w, b, stride, 0, "zeros", groups)
+    dy = host_rng.normal(size=y_ref.shape)
+    grads_ref = R.conv2d_backward(dy, x, w, stride, 0, "zeros", groups)
+    xb, wb, bb, dyb = (be.asarray(a) for a in (x, w, b, dy))
+    y, cache = cpu_conv.conv2d_forward(xb, wb, bb, stride, groups=groups)
+    assert type(cache) is cpu_conv.PointwiseCache
+    assert_close(y, y_ref)
+    y_portable, cache_portable = K.conv2d_forward(xb, wb, bb, stride, groups=groups)
+    assert_close(y, be.to_numpy(y_portable))
+    fast, nothing = cpu_conv.conv2d_forward(xb, wb, bb, stride, groups=groups, inference=True)
+    assert nothing is None
+    assert_close(fast, y_ref)
+    for got, other, want in zip(cpu_conv.conv2d_backward(dyb, wb, cache),
+                                K.conv2d_backward(dyb, wb, cache_portable), grads_ref):
+        assert_close(got, want)
+        assert_close(got, be.to_numpy(other))
+    no_dx, dw, _ = cpu_conv.conv2d_backward(dyb, wb, cache, need_dx=False)
+    assert no_dx is None
+    assert_close(dw, grads_ref[1])
 
-    def spy(*args):
-        calls.append(1)
-        return real(*args)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu_conv, "_by_output_rows", spy)
-        y, cache = cpu_conv.conv2d_forward(be.asarray(x), be.asarray(w), None)
-        short = width < cpu_conv.SHORT_ROW
-        assert type(cache) is (cpu_conv.RowBlockCache if short else ConvCache)
-        assert bool(calls) == short
-        calls.clear()
-        fast, _ = cpu_conv.conv2d_forward(be.asarray(x), be.asarray(w), None, inference=True)
-        assert calls                                           # inference: every width
-    assert_close(y, R.conv2d(x, w, None))
-    assert_close(fast, R.conv2d(x, w, None))
+@pytest.mark.parametrize("kept", [True, False])
+def test_the_folded_route_builds_columns_a_chunk_at_a_time(host_rng, monkeypatch, kept):
+    # The column buffer holds as many images as fit a chunk, whatever the batch. A batch whose
+    # columns exceed the budget keeps its input, not its columns, and builds them again
+    # chunk by chunk in the backward pass.
+    x = host_rng.normal(size=(7, 2, 6, 6))
+    w = host_rng.normal(size=(3, 2, 3, 3))
+    per_image = 2 * 9 * 4 * 4 * 8                                # C*kh*kw*OH*OW float64s
+    sizes = []
+    real = cpu_folded.folded_columns
+    monkeypatch.setattr(cpu_folded, "folded_columns",
+                        lambda part, g, out=None: sizes.append(part.shape[0]) or real(part, g, out))
+    monkeypatch.setattr(cpu_conv, "COLUMN_CHUNK", 3 * per_image)
+    monkeypatch.setattr(cpu_conv, "COLUMN_BUDGET", 7 * per_image if kept else 7 * per_image - 1)
+    monkeypatch.setattr(cpu_conv, "choose_route", lambda *args: "folded")
+    y, cache = cpu_conv.conv2d_forward(x, w, None)
+    assert type(cache) is FoldedCache and cache.chunk == 3
+    assert (cache.cols is not None, cache.x is None) == (kept, kept)
+    dx, dw, _ = cpu_conv.conv2d_backward(np.ones(y.shape), w, cache)
+    assert sizes == [3, 3, 1] * (1 if kept else 2)               # forward (then backward)
+    rdx, rdw, _ = R.conv2d_backward(np.ones(y.shape), x, w)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
 
 
 def test_batch_minor_training_output_and_dx_are_row_major_inference_output_a_view():
@@ -187,11 +286,11 @@ def test_row_blocks_hold_each_output_rows_columns(mutable_backend, host_rng, str
 def test_uncovered_border_gets_zero_gradient_on_both_routes(host_rng):
     x = host_rng.normal(size=(1, 1, 9, 9))
     w = host_rng.normal(size=(1, 1, 2, 2))
-    for short_row, cache_type in ((0, ConvCache), (10**6, cpu_conv.RowBlockCache)):
+    for route in ROUTES:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cpu_conv, "SHORT_ROW", short_row)
+            _force(mp, route)
             y, cache = cpu_conv.conv2d_forward(x, w, None, 3, 0)   # windows cover rows 0-1, 3-4, 6-7
-        assert type(cache) is cache_type
+        assert type(cache) is ROUTES[route][3]
         dx, _, _ = cpu_conv.conv2d_backward(np.ones(y.shape), w, cache)
         for row in (2, 5, 8):                                 # 8: the border the stride leaves
             assert np.all(dx[0, 0, row, :] == 0) and np.all(dx[0, 0, :, row] == 0)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from portacnn import kernels as K
 from portacnn import reference as R
 from portacnn.kernels import CpuKernels, Kernels, cpu_conv
-from portacnn.kernels.conv import ConvCache
+from portacnn.kernels.cpu_folded import FoldedCache
 
 from helpers import assert_close
 
@@ -46,35 +46,53 @@ def geometries(draw, pooling=False):
     return shape, kernel, stride, padding, mode, draw(st.integers(0, 2**32 - 1))
 
 
+CACHES = {"batch_minor": cpu_conv.RowBlockCache, "folded": FoldedCache,
+          "pointwise": cpu_conv.PointwiseCache}
+
+
 def _conv_routes():
-    """The portable kernels and the CPU override on each of its two routes:
-    (name, forward, backward, expected cache type or None)."""
+    """The portable kernels and the CPU override on each of its routes, the folded one also
+    one image per chunk: (name, forward, backward, route or None). A route a geometry does not
+    fit (:func:`~portacnn.kernels.cpu_conv.routes_that_fit`) gives way to the folded one."""
     yield "portable", K.conv2d_forward, K.conv2d_backward, None
-    for short_row, cache_type in ((0, ConvCache), (10**6, cpu_conv.RowBlockCache)):
-        def forward(*args, short_row=short_row, **kwargs):
+    for route, chunk, budget in (("batch_minor", cpu_conv.COLUMN_CHUNK, cpu_conv.COLUMN_BUDGET),
+                                 ("pointwise", cpu_conv.COLUMN_CHUNK, cpu_conv.COLUMN_BUDGET),
+                                 ("folded", cpu_conv.COLUMN_CHUNK, cpu_conv.COLUMN_BUDGET),
+                                 ("folded", 1, 0)):      # one image a chunk, columns rebuilt
+        def forward(*args, route=route, chunk=chunk, budget=budget, **kwargs):
+            fit = cpu_conv.routes_that_fit
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(cpu_conv, "SHORT_ROW", short_row)
+                mp.setattr(cpu_conv, "choose_route", lambda g, ws, groups, inference:
+                           route if route in fit(g, ws, groups) else "folded")
+                mp.setattr(cpu_conv, "COLUMN_CHUNK", chunk)
+                mp.setattr(cpu_conv, "COLUMN_BUDGET", budget)
                 return cpu_conv.conv2d_forward(*args, **kwargs)
-        yield cache_type.__name__, forward, cpu_conv.conv2d_backward, cache_type
+        yield f"{route} {chunk} {budget}", forward, cpu_conv.conv2d_backward, route
 
 
 @PROPERTY
-@given(geometries())
-def test_conv_portable_and_overrides_match_loops(geo):
+@given(geometries(), st.integers(1, 3), st.integers(1, 2))
+def test_conv_portable_and_overrides_match_loops(geo, groups, filters_per_group):
+    """``groups`` splits C = groups * (the drawn channels) and F = groups * filters_per_group;
+    groups 1 is the plain convolution, and a drawn channel count of 1 makes it depthwise."""
     shape, kernel, stride, padding, mode, seed = geo
+    shape = (shape[0], shape[1] * groups) + shape[2:]
     rng = np.random.default_rng(seed)
     x = rng.normal(size=shape)
-    w = rng.normal(size=(2, shape[1]) + kernel)
-    b = rng.normal(size=2)
-    y_ref = R.conv2d(x, w, b, stride, padding, mode)
+    f = groups * filters_per_group
+    w = rng.normal(size=(f, shape[1] // groups) + kernel)
+    b = rng.normal(size=f)
+    y_ref = R.conv2d(x, w, b, stride, padding, mode, groups)
     dy = rng.normal(size=y_ref.shape)
-    grads_ref = R.conv2d_backward(dy, x, w, stride, padding, mode)
-    for name, forward, backward, cache_type in _conv_routes():
-        y, cache = forward(x, w, b, stride, padding, mode)
-        if cache_type is not None:
-            assert type(cache) is cache_type, name
+    grads_ref = R.conv2d_backward(dy, x, w, stride, padding, mode, groups)
+    for name, forward, backward, route in _conv_routes():
+        y, cache = forward(x, w, b, stride, padding, mode, groups=groups)
+        if route is not None:
+            geo = K.geometry(shape[2:], kernel, stride, padding, mode)
+            fits = route in cpu_conv.routes_that_fit(geo, w.shape, groups)
+            assert type(cache) is CACHES[route if fits else "folded"], name
         assert_close(y, y_ref)
-        fast, nothing = forward(x, w, b, stride, padding, mode, inference=True)
+        fast, nothing = forward(x, w, b, stride, padding, mode, groups=groups, inference=True)
         assert nothing is None
         assert_close(fast, y_ref)
         for got, want in zip(backward(dy, w, cache), grads_ref):

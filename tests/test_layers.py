@@ -1,10 +1,12 @@
 """Layers: finite-difference gradients, cross-backend equality, and errors users will meet."""
 
+import io
+
 import numpy as np
 import pytest
 
-from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid, Tanh,
-                      get_backend)
+from portacnn import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential,
+                      Sigmoid, Tanh, get_backend)
 from portacnn import kernels as K
 from portacnn.gradcheck import check_layer, numerical_gradient, relative_error
 
@@ -17,6 +19,7 @@ def _layers(backend):
         Conv2D(3, 3, in_channels=2, **f64),
         Conv2D(2, (2, 3), stride=2, padding="same", in_channels=2, **f64),
         Conv2D(2, 3, stride=(1, 2), padding=2, in_channels=2, init="he", **f64),
+        Conv2D(4, 3, stride=2, padding="same", in_channels=2, groups=2, **f64),   # depthwise x2
         MaxPool2D(2),
         MaxPool2D(3, stride=2, padding=1),
         AvgPool2D(2),
@@ -141,6 +144,38 @@ def test_dropout_masks_identical_across_backends(core_backend):
     assert np.array_equal(*outs)
 
 
+def test_a_grouped_convolution_layer_counts_saves_and_describes_its_groups(tmp_path):
+    import portacnn
+
+    model = Sequential([Conv2D(8, 3, padding=1, groups=4), ReLU(),
+                        Conv2D(8, 3, groups=8), Flatten(), Dense(2)],
+                       input_shape=(4, 6, 6), seed=0)
+    conv, depthwise = model.layers[0], model.layers[2]
+    assert tuple(conv.params["weight"].shape) == (8, 1, 3, 3)
+    assert tuple(depthwise.params["weight"].shape) == (8, 1, 3, 3)
+    assert conv.num_params() == 8 * 1 * 9 + 8
+    assert "8@3x3, stride 1, pad 1, groups 4" in model.summary(file=io.StringIO())
+    assert conv.get_config()["groups"] == 4
+    x = np.random.default_rng(0).normal(size=(3, 4, 6, 6)).astype(np.float32)
+    model.save(tmp_path / "m.safetensors")
+    loaded = portacnn.load(tmp_path / "m.safetensors")
+    assert loaded.layers[0].groups == 4 and loaded.layers[2].groups == 8
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_groups_that_do_not_divide_the_channels_are_refused():
+    with pytest.raises(ValueError, match=r"groups=3 does not divide the 8 output channel"):
+        Conv2D(8, 3, groups=3)
+    with pytest.raises(ValueError, match=r"groups=2 does not divide the 3 input channel"):
+        Conv2D(4, 3, in_channels=3, groups=2)
+    with pytest.raises(ValueError, match=r"groups must be a positive int, got 0"):
+        Conv2D(4, 3, groups=0)
+    with pytest.raises(ValueError, match=r"groups=2 does not divide the 3 input channel"):
+        Sequential([Conv2D(4, 3, groups=2)], input_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"weight expects 2 per group, 4 in all with groups=2"):
+        K.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((4, 2, 3, 3)), groups=2)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def test_layer_errors_name_the_problem_and_the_fix():
@@ -202,3 +237,20 @@ def test_an_eval_mode_convolution_on_numpy_returns_the_batch_innermost_view():
     assert y_train.flags.c_contiguous and not y_eval.flags.c_contiguous
     assert y_eval.strides[0] == y_eval.itemsize
     np.testing.assert_allclose(y_eval, y_train, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_mode_equals_training_mode_through_every_convolution_route():
+    # On numpy the routes leave eval-mode outputs in other memory orders (the folded route's a
+    # view of (F, N, OH, OW) memory); the pooling, activation and dense layers after them must
+    # give what the training-mode (row-major) outputs give.
+    model = Sequential([Conv2D(8, 3, padding="same"), ReLU(), MaxPool2D(2),      # folded
+                        Conv2D(8, 3, padding="same", groups=8), ReLU(), AvgPool2D(2),
+                        Conv2D(4, 3), Tanh(),                                   # batch-minor
+                        Conv2D(4, 1), Flatten(), Dense(3)],                     # pointwise
+                       input_shape=(3, 40, 40), seed=0)
+    x = np.random.default_rng(0).normal(size=(5, 3, 40, 40)).astype(np.float32)
+    y_train = model.forward(x)
+    model.eval()
+    first = model.layers[0].forward(x)
+    assert first.strides[1] == 5 * first.strides[0]           # (F, N, OH, OW) memory
+    np.testing.assert_allclose(model.forward(x), y_train, rtol=1e-5, atol=1e-6)

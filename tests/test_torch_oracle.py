@@ -38,6 +38,25 @@ def test_conv2d_same_matches_torch_same(core_backend, host_rng):
     assert_close(y, ty.numpy())
 
 
+@pytest.mark.parametrize("groups,filters", [(1, 4), (2, 4), (4, 4), (4, 8)],
+                         ids=["groups1", "groups2", "depthwise", "depthwise-x2"])
+@pytest.mark.parametrize("stride,padding", [(1, "same"), (2, 1)])
+def test_grouped_conv2d_matches_torch(core_backend, host_rng, groups, filters, stride, padding):
+    # 4 input channels; groups=4 is depthwise (with 2 filters per channel in "depthwise-x2")
+    x, w, b = (host_rng.normal(size=s)
+               for s in ((2, 4, 7, 6), (filters, 4 // groups, 3, 3), (filters,)))
+    tx, tw, tb = _t(x), _t(w), _t(b)
+    ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding, groups=groups)
+    dy = host_rng.normal(size=tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    be = core_backend                  # its kernel set: the CPU overrides on numpy
+    y, cache = be.kernels.conv2d_forward(be.asarray(x), be.asarray(w), be.asarray(b), stride,
+                                         padding, groups=groups)
+    dx, dw, db = be.kernels.conv2d_backward(be.asarray(dy), be.asarray(w), cache)
+    for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
+        assert_close(ours, theirs.detach().numpy())
+
+
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 0))])
 def test_pooling_matches_torch(core_backend, host_rng, kind, k, s, p):

@@ -10,7 +10,7 @@ cache (docs/performance.md says what each buys).
 
 | override | what it does instead of the portable kernel |
 |---|---|
-| ``conv2d_forward`` / ``conv2d_backward`` | two routes, chosen per call (:mod:`.cpu_conv`) |
+| ``conv2d_forward`` / ``conv2d_backward`` | three routes, chosen per call (:mod:`.cpu_conv`) |
 | ``max_pool2d_*``, ``min_pool2d_*`` | separable forward, no window stack; backward by slices (:mod:`.cpu_pooling`) |
 | ``avg_pool2d_*`` | separable window sums; backward by slices (:mod:`.cpu_pooling`) |
 """

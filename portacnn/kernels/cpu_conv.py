@@ -3,17 +3,18 @@
 Each takes the same arguments and returns the same values as the portable kernel of its name
 (:mod:`.conv`), and is tested against it and the naive loops. Unlike the portable kernels it
 writes into arrays it has just made (``+=``, slice assignment), which NumPy, torch and
-array_api_strict allow and JAX does not. Two routes, chosen per call:
+array_api_strict allow and JAX does not. Three routes, chosen per call by :func:`choose_route`:
 
-**Convolution, batched route** (training, output rows ``SHORT_ROW`` wide or more): the portable
-layout, cols (N, C*kh*kw, OH*OW), built in two passes (the kw column shifts, then the kh row
-shifts of that stack, whose copies move whole (OH, OW) planes rather than rows of OW numbers),
-and the bias added as one (F*OH*OW,) row per sample, so NumPy's inner loop runs over F*OH*OW
-numbers instead of restarting every OH*OW. Its cache is the portable one, and so is its
-backward pass.
+**Pointwise route** (:mod:`.cpu_pointwise`): a 1x1 kernel without padding needs no columns,
+the input is its own; one matrix product each way in the NCHW layout.
 
-**Convolution, batch-minor route** (training with output rows narrower than ``SHORT_ROW``, and
-inference at every width): the batch innermost and no column matrix at all.
+**Folded route** (:mod:`.cpu_folded`): im2col with the batch folded into the columns, so
+forward, weight gradient and input gradient are each one matrix product per chunk of images,
+the chunk sized so its columns fit ``COLUMN_CHUNK`` bytes (the cache keeps columns up to
+``COLUMN_BUDGET`` bytes, the input beyond). Grouped convolutions, padded 1x1 kernels, and
+output rows at least ``SHORT_ROW`` wide (``INFERENCE_SHORT_ROW`` in inference).
+
+**Batch-minor route** (narrower rows): the batch innermost and no column matrix at all.
 :func:`row_blocks` stacks kw column-shifted copies of the padded input, (Hp, kw*C*OW*N); kh of
 its rows are a contiguous (kh*kw*C, OW*N) view of one output row's columns, so
 
@@ -27,6 +28,15 @@ instead of OW, and the blocks are kw times the input where the columns are kh*kw
 enough to stay in cache. Training outputs and dx are row-major (N, F, OH, OW); the inference
 output is a (N, F, OH, OW) view of (F, OH, OW, N) memory, so the activation and pooling after
 it run over contiguous runs of the batch.
+
+**Why the row width decides.** The folded and batch-minor routes do the same
+multiplications; they differ in their copies. The folded route's copies (im2col, its adjoint)
+move runs of OW contiguous numbers and expand the input kh*kw times; the batch-minor route's
+move runs of OW*N and expand it kw times, but it pays transposes of the input and output and OH
+separate products. On short rows the folded copies are dominated by the cost of each run and
+batch-minor wins; on wide rows and padded 1x1 kernels (nothing to expand) the folded route's
+large products win. In inference the batch-minor route also skips the output transpose, so it
+keeps wider rows. docs/performance.md has the measurements behind the two widths.
 """
 
 from __future__ import annotations
@@ -34,63 +44,88 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..namespace import namespace
-from .conv import ConvCache, conv_geometry
-from .conv import conv2d_backward as portable_conv2d_backward
+from .conv import conv_geometry
+from .cpu_folded import (COLUMN_BUDGET, COLUMN_CHUNK, FoldedCache, folded_backward,
+                         folded_forward)
+from .cpu_pointwise import PointwiseCache, pointwise_backward, pointwise_forward
 from .shapes import Geometry
 from .padding import pad, unpad
 
-__all__ = ["SHORT_ROW", "RowBlockCache", "row_blocks", "pad_batch_minor", "conv2d_forward",
-           "conv2d_backward"]
+__all__ = ["SHORT_ROW", "INFERENCE_SHORT_ROW", "RowBlockCache", "routes_that_fit",
+           "choose_route", "row_blocks", "pad_batch_minor", "conv2d_forward", "conv2d_backward"]
 
-SHORT_ROW = 16     # in training, output rows narrower than this take the batch-minor route
+SHORT_ROW = 20             # training: output rows narrower than this take the batch-minor route
+INFERENCE_SHORT_ROW = 32   # inference: the same, its batch-minor output left untransposed
 
 
 class RowBlockCache(NamedTuple):
     """What :func:`conv2d_backward` needs from a batch-minor forward pass: the row blocks
-    (Hp, kw*C*OW*N) of :func:`row_blocks`, the geometry and the input shape. (The batched
-    route keeps the portable :class:`~.conv.ConvCache` of columns.)"""
+    (Hp, kw*C*OW*N) of :func:`row_blocks`, the geometry and the input shape. (The folded and
+    pointwise routes keep their own caches.)"""
 
     blocks: object
     geometry: Geometry
     input_shape: tuple
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str = "zeros", *,
-                   inference: bool = False):
-    """:func:`portacnn.kernels.conv.conv2d_forward` on the CPU: ``x`` (N, C, H, W) convolved
-    with ``weight`` (F, C, kh, kw) plus ``bias`` (F,). Returns ``(y, cache)``, y (N, F, OH, OW).
+def routes_that_fit(g: Geometry, weight_shape, groups: int) -> tuple[str, ...]:
+    """The routes that can compute a convolution: ``"folded"`` every one, ``"pointwise"`` a
+    1x1 kernel without padding, ``"batch_minor"`` an ungrouped one (its row blocks order their
+    rows (i, j, c), so a group's rows are not one block)."""
+    fit = ("folded",)
+    if weight_shape[2] * weight_shape[3] == 1 and not g.padded:
+        fit += ("pointwise",)
+    return fit + (("batch_minor",) if groups == 1 else ())
 
-    Batch-minor route for inference (the cache is None and y a view of (F, OH, OW, N) memory)
-    and for output rows narrower than ``SHORT_ROW`` (a :class:`RowBlockCache`); otherwise the
-    batched route (the portable :class:`~.conv.ConvCache`). See the module docstring.
+
+def choose_route(g: Geometry, weight_shape, groups: int, inference: bool) -> str:
+    """The route of a convolution of geometry ``g`` with a weight of ``weight_shape``, one of
+    :func:`routes_that_fit` (see the module docstring for why)."""
+    fit = routes_that_fit(g, weight_shape, groups)
+    if "pointwise" in fit:
+        return "pointwise"
+    if "batch_minor" in fit and weight_shape[2] * weight_shape[3] > 1:
+        if g.ow < (INFERENCE_SHORT_ROW if inference else SHORT_ROW):
+            return "batch_minor"
+    return "folded"
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str = "zeros", *,
+                   groups: int = 1, inference: bool = False):
+    """:func:`portacnn.kernels.conv.conv2d_forward` on the CPU: ``x`` (N, C, H, W) convolved
+    with ``weight`` (F, C/groups, kh, kw) plus ``bias`` (F,). Returns ``(y, cache)``, y
+    (N, F, OH, OW), on the route :func:`choose_route` picks: a :class:`RowBlockCache`, a
+    :class:`~.cpu_folded.FoldedCache` or a :class:`~.cpu_pointwise.PointwiseCache`; None in
+    inference (y then a view of batch-innermost memory on the batch-minor route, of
+    (F, N, OH, OW) memory on the folded one when the batch is one chunk).
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
-    g = conv_geometry(x, weight, stride, padding, padding_mode)
+    g = conv_geometry(x, weight, stride, padding, padding_mode, groups)
+    route = choose_route(g, tuple(weight.shape), groups, inference)
+    if route == "pointwise":
+        return pointwise_forward(x, weight, bias, g, groups, inference)
+    if route == "folded":
+        return folded_forward(x, weight, bias, g, groups, inference, COLUMN_CHUNK, COLUMN_BUDGET)
     n, f = x.shape[0], weight.shape[0]
-    if inference or g.ow < SHORT_ROW:
-        blocks = row_blocks(x, g)                                  # (Hp, kw*C*OW*N)
-        y = _by_output_rows(blocks, weight, g, n)                  # (F, OH, OW*N)
-        if bias is not None:
-            y += bias[:, None, None]
-        y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
-        if inference:
-            return y, None
-        return _contiguous(xp, y), RowBlockCache(blocks, g, tuple(x.shape))
-    cols = _columns(x, g)                                          # (N, C*kh*kw, OH*OW)
-    y = xp.reshape(weight, (f, -1)) @ cols                         # (N, F, OH*OW)
+    blocks = row_blocks(x, g)                                      # (Hp, kw*C*OW*N)
+    y = _by_output_rows(blocks, weight, g, n)                      # (F, OH, OW*N)
     if bias is not None:
-        length = f * g.oh * g.ow
-        y = xp.reshape(y, (n, length))
-        y += xp.reshape(xp.broadcast_to(bias[:, None], (f, g.oh * g.ow)), (length,))
-    return xp.reshape(y, (n, f, g.oh, g.ow)), ConvCache(cols, g, tuple(x.shape))
+        y += bias[:, None, None]
+    y = xp.permute_dims(xp.reshape(y, (f, g.oh, g.ow, n)), (3, 0, 1, 2))
+    if inference:
+        return y, None
+    return _contiguous(xp, y), RowBlockCache(blocks, g, tuple(x.shape))
 
 
-def conv2d_backward(dy, weight, cache: ConvCache | RowBlockCache, need_dx: bool = True):
+def conv2d_backward(dy, weight, cache: RowBlockCache | FoldedCache | PointwiseCache,
+                    need_dx: bool = True):
     """Gradients of :func:`conv2d_forward` on the route its cache records: ``dy``
     (N, F, OH, OW) -> ``(dx, dweight, dbias)``, dx (N, C, H, W) row-major, or None when
-    ``need_dx`` is False. The batched route's columns go to the portable backward."""
-    if not isinstance(cache, RowBlockCache):
-        return portable_conv2d_backward(dy, weight, cache, need_dx)
+    ``need_dx`` is False."""
+    if isinstance(cache, FoldedCache):
+        return folded_backward(dy, weight, cache, need_dx)
+    if isinstance(cache, PointwiseCache):
+        return pointwise_backward(dy, weight, cache, need_dx)
     xp = namespace(dy, weight)
     blocks, g, input_shape = cache
     n, f = dy.shape[:2]
@@ -103,21 +138,6 @@ def conv2d_backward(dy, weight, cache: ConvCache | RowBlockCache, need_dx: bool 
 def _contiguous(xp, a):
     # Flattening a permuted array copies it into row-major order; reshaping back is free.
     return xp.reshape(xp.reshape(a, (-1,)), tuple(a.shape))
-
-
-def _columns(x, g: Geometry):
-    """:func:`~.columns.im2col` in two passes: (N, C, H, W) -> cols (N, C*kh*kw, OH*OW).
-
-    The kw column-strided slices of the padded input are stacked first, (N, C, kw, Hp, OW);
-    each of the kh row shifts of that stack then copies whole (OH, OW) planes.
-    """
-    xp = namespace(x)
-    n, c = x.shape[:2]
-    xpad = pad(x, g)
-    shifted = xp.stack([xpad[:, :, :, g.cols_at(j)] for j in range(g.kw)],
-                       axis=2)                                      # (N, C, kw, Hp, OW)
-    rows = xp.stack([shifted[:, :, :, g.rows_at(i), :] for i in range(g.kh)], axis=2)
-    return xp.reshape(rows, (n, c * g.window, g.oh * g.ow))       # rows (N, C, kh, kw, OH, OW)
 
 
 def pad_batch_minor(x, g: Geometry):

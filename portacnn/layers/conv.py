@@ -3,6 +3,7 @@ math is ``self.kernels.conv2d_forward`` / ``conv2d_backward``."""
 
 from __future__ import annotations
 
+from ..kernels.conv import check_groups
 from ..kernels.shapes import check_nchw, geometry, kernel_pair, stride_pair
 from ..scalars import positive_int, seed_or_none
 from .base import Layer, _init_weight, _maybe_build_now
@@ -19,6 +20,9 @@ class Conv2D(Layer):
         padding: int, (ph, pw), ``"valid"`` (0) or ``"same"`` (TensorFlow's rule, see
             :mod:`portacnn.kernels.shapes`).
         padding_mode: ``"zeros"`` (default) or ``"replicate"`` (edge pixels repeated).
+        groups: split the channels into this many independent convolutions, each taking
+            C/groups input channels to F/groups filters; C and F must be multiples of it.
+            ``groups=C`` is a depthwise convolution (with F = C, one filter per channel).
         in_channels: C; if given, the layer is built at once on ``device``.
         bias: learn a per-filter bias (zeros at init).
         init: ``"glorot"`` (uniform, for tanh/sigmoid) or ``"he"`` (normal, for ReLU).
@@ -26,7 +30,9 @@ class Conv2D(Layer):
             layer used alone).
         device, seed: backend and seed of the initial weights when built at once.
 
-    Shapes: x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C, kh, kw); bias (F,).
+    Shapes: x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C/groups, kh, kw); bias (F,).
+    Initial weights are scaled by the connections a filter really has: fan in
+    C/groups*kh*kw, fan out F/groups*kh*kw.
 
     After ``eval()`` the layer keeps no cache and computes for inference
     (``conv2d_forward(inference=True)``): ``y`` is then a strided view with the batch
@@ -36,7 +42,8 @@ class Conv2D(Layer):
 
     def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, *, in_channels=None,
                  bias: bool = True, init: str = "glorot", padding_mode: str = "zeros",
-                 dtype: str | None = None, device=None, seed=None, name=None):
+                 groups: int = 1, dtype: str | None = None, device=None, seed=None,
+                 name=None):
         super().__init__(dtype=dtype, name=name)
         out_channels = positive_int(out_channels, "out_channels")
         if init not in ("glorot", "he"):
@@ -47,6 +54,7 @@ class Conv2D(Layer):
         self.padding, self.padding_mode = _padding_spec(padding, padding_mode)
         self.in_channels = None if in_channels is None else positive_int(in_channels,
                                                                           "in_channels")
+        self.groups = check_groups(groups, self.in_channels, out_channels)
         self.use_bias = bias
         self.init = init
         self.seed = seed_or_none(seed)
@@ -59,6 +67,7 @@ class Conv2D(Layer):
         c, h, w = input_shape
         if self.in_channels is not None and c != self.in_channels:
             raise ValueError(f"{self.name} expects {self.in_channels} input channel(s), got {c}")
+        check_groups(self.groups, c, self.out_channels)
         if h is None:
             return (self.out_channels, None, None)
         g = geometry((h, w), self.kernel_size, self.stride, self.padding, self.padding_mode)
@@ -76,11 +85,13 @@ class Conv2D(Layer):
 
     def describe(self):
         kh, kw = self.kernel_size
-        return f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, pad {_padding_text(self)}"
+        text = (f"{self.out_channels}@{kh}x{kw}, stride {_hw(self.stride)}, "
+                f"pad {_padding_text(self)}")
+        return text if self.groups == 1 else f"{text}, groups {self.groups}"
 
     def param_shapes(self, input_shape):
         kh, kw = self.kernel_size
-        shapes = {"weight": (self.out_channels, input_shape[0], kh, kw)}
+        shapes = {"weight": (self.out_channels, input_shape[0] // self.groups, kh, kw)}
         if self.use_bias:
             shapes["bias"] = (self.out_channels,)
         return shapes
@@ -89,7 +100,8 @@ class Conv2D(Layer):
         c = input_shape[0]
         self.in_channels = c
         kh, kw = self.kernel_size
-        fan_in, fan_out = c * kh * kw, self.out_channels * kh * kw
+        fan_in = c // self.groups * kh * kw
+        fan_out = self.out_channels // self.groups * kh * kw
         shapes = self.param_shapes(input_shape)
         self.params["weight"] = _init_weight(rng, shapes["weight"], fan_in, fan_out, self.init,
                                              self.dtype_name)
@@ -110,7 +122,7 @@ class Conv2D(Layer):
     def _forward(self, x):
         y, cache = self.kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-            self.padding_mode, inference=not self.training)
+            self.padding_mode, groups=self.groups, inference=not self.training)
         self._cache = cache
         return y
 
@@ -127,4 +139,5 @@ class Conv2D(Layer):
                 "stride": list(self.stride),
                 "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
                 "in_channels": self.in_channels, "bias": self.use_bias, "init": self.init,
-                "padding_mode": self.padding_mode, **super().get_config()}
+                "padding_mode": self.padding_mode, "groups": self.groups,
+                **super().get_config()}
