@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array_api_compat
 
+from ..kernels import GpuKernels
 from .base import Backend
 from .cupy_doctor import import_cupy, smoke_test, version_fields
 from .memory import MemoryPeak
@@ -35,6 +36,7 @@ class CupyBackend(Backend):
     aliases = ("gpu", "cuda")
     device_data_limit = 2**30
     accelerator = True
+    kernels = GpuKernels()      # the portable set, pooling forward in fewer launches
 
     @classmethod
     def parse(cls, key: str):

@@ -6,7 +6,8 @@ PyTorch, JAX and array_api_strict. These portable kernels are the reference the 
 
 A backend runs a kernel *set* (``backend.kernels``): :class:`Kernels` holds the portable
 functions as attributes, and a backend's faster versions are a subclass that replaces a few
-of them (:class:`CpuKernels`, the NumPy backend's; see :mod:`.sets`).
+of them (:class:`CpuKernels`, the NumPy backend's, and :class:`GpuKernels`, CuPy's; see
+:mod:`.sets`).
 
 Convolution and pooling share three helper modules: :mod:`.shapes` (arguments checked and
 resolved to a :class:`Geometry`, the output-size formulas), :mod:`.padding` (``pad`` and its
@@ -20,6 +21,7 @@ from .columns import col2im, im2col
 from .conv import conv2d_backward, conv2d_forward
 from .cpu import CpuKernels
 from .dense import dense_backward, dense_forward
+from .gpu import GpuKernels
 from .dropout import dropout_backward, dropout_forward
 from .losses import mse, one_hot, softmax_cross_entropy
 from .merge import add_backward, add_forward, concatenate_backward, concatenate_forward
@@ -31,7 +33,7 @@ from .shapes import Geometry, geometry
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [
-    "CpuKernels", "Geometry", "Kernels", "add_backward", "add_forward", "avg_pool2d_backward",
+    "CpuKernels", "Geometry", "GpuKernels", "Kernels", "add_backward", "add_forward", "avg_pool2d_backward",
     "avg_pool2d_forward", "batchnorm_backward", "batchnorm_forward", "col2im",
     "concatenate_backward", "concatenate_forward", "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "geometry",
