@@ -395,3 +395,19 @@ def test_overrides_raise_the_portable_kernels_errors(host_rng):
         cpu_pooling.max_pool2d_forward(x, 2, 2, 2)
     with pytest.raises(TypeError, match="arrays from different libraries were mixed"):
         cpu_conv.conv2d_forward(np.ones((1, 1, 4, 4)), strict.ones((1, 1, 2, 2)))
+
+
+def test_relu_backward_override_matches_the_portable_kernel():
+    """The mask multiplication gives the portable ``where``'s values: dy where x > 0, else 0
+    (at 0, for negative x and NaN x alike), in the input's dtype."""
+    from portacnn.kernels import activations
+    from portacnn.kernels.cpu import CpuKernels
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 5, 5)).astype(np.float32)
+    x[0, 0, 0, :3] = (0.0, -0.0, np.nan)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    got = CpuKernels.relu_backward(dy, x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, activations.relu_backward(dy, x))
+    assert CpuKernels.relu_backward is not activations.relu_backward

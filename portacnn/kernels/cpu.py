@@ -13,11 +13,12 @@ cache (docs/performance.md says what each buys).
 | ``conv2d_forward`` / ``conv2d_backward`` | three routes, chosen per call (:mod:`.cpu_conv`) |
 | ``max_pool2d_*``, ``min_pool2d_*`` | separable forward, no window stack; backward by slices (:mod:`.cpu_pooling`) |
 | ``avg_pool2d_*`` | separable window sums; backward by slices (:mod:`.cpu_pooling`) |
+| ``relu_backward`` | a multiplication by the mask, not NumPy's slow ``where`` (:mod:`.cpu_activations`) |
 """
 
 from __future__ import annotations
 
-from . import cpu_conv, cpu_pooling
+from . import cpu_activations, cpu_conv, cpu_pooling
 from .sets import Kernels
 
 __all__ = ["CpuKernels"]
@@ -40,6 +41,7 @@ class CpuKernels(Kernels):
     min_pool2d_backward = staticmethod(cpu_pooling.min_pool2d_backward)
     avg_pool2d_forward = staticmethod(cpu_pooling.avg_pool2d_forward)
     avg_pool2d_backward = staticmethod(cpu_pooling.avg_pool2d_backward)
+    relu_backward = staticmethod(cpu_activations.relu_backward)
 
     train_chunk = 32
     infer_chunk = 128
