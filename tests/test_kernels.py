@@ -61,6 +61,23 @@ def test_conv2d_forward_backward_match_loops(backend, host_rng, case, mode):
     assert_close(db2, rdb)
 
 
+@pytest.mark.parametrize("groups,filters,stride,padding,mode", [
+    (2, 4, 2, 1, "replicate"), (4, 4, 1, 3, "zeros"), (4, 8, (3, 2), (2, 0), "replicate")],
+    ids=["groups2-s2-replicate", "depthwise-wide-padding", "depthwise-x2-s3x2-replicate"])
+def test_grouped_conv2d_backward_matches_loops(backend, host_rng, groups, filters, stride,
+                                               padding, mode):
+    # The input gradient is a convolution with the weight transposed per group (conv.py).
+    x = host_rng.normal(size=(2, 4, 7, 6))
+    w = host_rng.normal(size=(filters, 4 // groups, 3, 2))
+    y, cache = K.conv2d_forward(backend.asarray(x), backend.asarray(w), None, stride, padding,
+                                mode, groups=groups)
+    dy = host_rng.normal(size=tuple(y.shape))
+    dx, dw, _ = K.conv2d_backward(backend.asarray(dy), backend.asarray(w), cache)
+    rdx, rdw, _ = R.conv2d_backward(dy, x, w, stride, padding, mode, groups)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+
+
 def test_conv2d_without_bias_in_float32(backend, host_rng):
     x = host_rng.normal(size=(2, 3, 9, 8))
     w = host_rng.normal(size=(5, 3, 3, 3))
