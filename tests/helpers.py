@@ -75,7 +75,6 @@ CASES = [
     ((3, 2, 8, 6), 2, 3, 0),          # stride 3 over 8: last rows uncovered
     ((1, 1, 5, 5), 5, 1, (1, 2)),
     ((2, 2, 5, 6), 1, 2, 2),          # 1x1: padding wider than the kernel, windows of padding only
-    ((1, 2, 4, 5), (2, 3), 1, 3),     # padding 3 > kernel - 1 on both axes
 ]
 
 # pooling: a stride of None is the kernel's size. Both routes of kernels/pooling.py, windows

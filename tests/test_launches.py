@@ -134,12 +134,15 @@ def test_a_pooling_layer_issues_exactly_its_operations(kind, route):
 # kernel's size, stride or padding: a zero frame and one (strided) write of dy into it, one
 # ``stack`` of the frame's kh*kw windows, one copy of the flipped, transposed weight, one matrix
 # product; replicate padding adds the fold of the border onto the edges (4 ``at().add``s: 8,
-# and the 4 sums of the border rows and columns).
+# and the 4 sums of the border rows and columns). A 1x1 kernel at stride 1 needs no frame (dy,
+# its padding rows cut off, is one) and its transposed weight is a view: a stack of one slice
+# and the product, 2.
 CONV_GEOMETRIES = {"lenet conv2": ((4, 6, 14, 14), (16, 6, 5, 5), 1, 0, "zeros"),
                    "strided wide padding": ((2, 3, 9, 8), (4, 3, 3, 2), 2, 3, "zeros"),
-                   "replicate": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, "replicate")}
+                   "replicate": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, "replicate"),
+                   "1x1": ((2, 3, 5, 4), (2, 3, 1, 1), 1, 2, "zeros")}
 CONV_BACKWARD_COUNTS = {"lenet conv2": (3, 8), "strided wide padding": (3, 8),
-                        "replicate": (3, 20)}
+                        "replicate": (3, 20), "1x1": (3, 5)}
 
 
 @pytest.mark.parametrize("route", list(CONV_GEOMETRIES))
