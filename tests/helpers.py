@@ -74,6 +74,7 @@ CASES = [
     ((1, 2, 6, 5), (3, 1), 1, "valid"),
     ((3, 2, 8, 6), 2, 3, 0),          # stride 3 over 8: last rows uncovered
     ((1, 1, 5, 5), 5, 1, (1, 2)),
+    ((2, 2, 5, 6), 1, 2, 2),          # 1x1: padding wider than the kernel, windows of padding only
 ]
 
 # pooling: a stride of None is the kernel's size. Both routes of kernels/pooling.py, windows

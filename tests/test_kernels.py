@@ -61,6 +61,33 @@ def test_conv2d_forward_backward_match_loops(backend, host_rng, case, mode):
     assert_close(db2, rdb)
 
 
+@pytest.mark.parametrize("groups,filters,stride,padding,mode", [
+    (2, 4, (3, 2), 1, "replicate"), (4, 8, 1, 3, "zeros")],
+    ids=["groups2-s3x2-replicate", "depthwise-x2-wide-padding"])
+def test_grouped_conv2d_backward_matches_loops(backend, host_rng, groups, filters, stride,
+                                               padding, mode):
+    # The input gradient is a convolution with the weight transposed per group (conv.py); a
+    # padding of 3 is wider than the kernel (3, 2) less one: dy's outer rows are cut off.
+    x = host_rng.normal(size=(2, 4, 7, 6))
+    w = host_rng.normal(size=(filters, 4 // groups, 3, 2))
+    y, cache = K.conv2d_forward(backend.asarray(x), backend.asarray(w), None, stride, padding,
+                                mode, groups=groups)
+    dy = host_rng.normal(size=tuple(y.shape))
+    dx, dw, _ = K.conv2d_backward(backend.asarray(dy), backend.asarray(w), cache)
+    rdx, rdw, _ = R.conv2d_backward(dy, x, w, stride, padding, mode, groups)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv2d_input_gradient_with_padding_only_windows(host_rng, stride):
+    # 1x1 at stride 1: the framed dy is dy itself, its padding rows cut off (a view).
+    x, w = host_rng.normal(size=(2, 3, 5, 4)), host_rng.normal(size=(2, 3, 1, 1))
+    y, cache = K.conv2d_forward(x, w, None, stride, 2)
+    dy = host_rng.normal(size=y.shape)
+    assert_close(K.conv2d_backward(dy, w, cache)[0], R.conv2d_backward(dy, x, w, stride, 2)[0])
+
+
 def test_conv2d_without_bias_in_float32(backend, host_rng):
     x = host_rng.normal(size=(2, 3, 9, 8))
     w = host_rng.normal(size=(5, 3, 3, 3))

@@ -31,13 +31,18 @@ from recording import recording, wrap
 # (were 115 and 124, 125 and 134). POOL_COUNTS below holds one pooling layer's share.
 # ReLU is one ``clip`` with a Python bound and its backward one ``where`` with a Python zero, no
 # zero array made for either: 8 fewer per ReLU/max step, 4 per forward (were 105, 114 and 26).
+# The convolution's input gradient is a convolution (conv2's; conv1 computes none), no longer
+# col2im's scatter (a matrix product, 2 zeros and 5 + 5 ``at().add``s: 23 operations) but a zero
+# frame and one write of dy, one ``stack`` of its windows, one copy of the flipped, transposed
+# weight and one matrix product (5): 18 fewer per step (were 95 and 104, 97 and 106).
+# CONV_BACKWARD_COUNTS below holds one convolution backward's share.
 # CuPy's set pools tiling windows with one reduction over a view of the input instead of a
 # stack and a reduction: 1 fewer per pooling layer in inference, and in training for average
-# pooling (were 95 and 104 for tanh/avg, and 22 per forward, which the portable set still
+# pooling (were 77 and 86 for tanh/avg, and 22 per forward, which the portable set still
 # issues: PORTABLE_INFERENCE).
 COUNTS = {  # variant: (SGD step, Adam step, inference forward)
-    ("tanh", "avg"): (93, 102, 20),
-    ("relu", "max"): (97, 106, 20),
+    ("tanh", "avg"): (75, 84, 20),
+    ("relu", "max"): (79, 88, 20),
 }
 OPTIMIZERS = {"sgd": lambda: SGD(0.01, momentum=0.9), "adam": lambda: Adam(0.001)}
 
@@ -135,6 +140,37 @@ def test_a_pooling_layer_issues_exactly_its_operations(kind, route):
     assert not {"__iadd__", "add"} & set(back.by_name), back.by_name    # no scatter
     assert (train.ops, infer.ops, back.ops) == POOL_COUNTS[kind, route], \
         (train.by_name, infer.by_name, back.by_name)
+
+
+# One convolution backward on the portable path, exactly, with and without the input gradient:
+# dW is a matrix product and a sum over the batch, db one sum. dx adds 5 operations whatever the
+# kernel's size, stride or padding: a zero frame and one (strided) write of dy into it, one
+# ``stack`` of the frame's kh*kw windows, one copy of the flipped, transposed weight, one matrix
+# product; replicate padding adds the fold of the border onto the edges (4 ``at().add``s: 8,
+# and the 4 sums of the border rows and columns). A 1x1 kernel at stride 1 needs no frame (dy,
+# its padding rows cut off, is one) and its transposed weight is a view: a stack of one slice
+# and the product, 2.
+CONV_GEOMETRIES = {"lenet conv2": ((4, 6, 14, 14), (16, 6, 5, 5), 1, 0, "zeros"),
+                   "strided wide padding": ((2, 3, 9, 8), (4, 3, 3, 2), 2, 3, "zeros"),
+                   "replicate": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, "replicate"),
+                   "1x1": ((2, 3, 5, 4), (2, 3, 1, 1), 1, 2, "zeros")}
+CONV_BACKWARD_COUNTS = {"lenet conv2": (3, 8), "strided wide padding": (3, 8),
+                        "replicate": (3, 20), "1x1": (3, 5)}
+
+
+@pytest.mark.parametrize("route", list(CONV_GEOMETRIES))
+def test_a_convolution_backward_issues_exactly_its_operations(route):
+    x_shape, w_shape, stride, padding, mode = CONV_GEOMETRIES[route]
+    rng = np.random.default_rng(0)
+    x, w = (wrap(rng.normal(size=s).astype(np.float32)) for s in (x_shape, w_shape))
+    y, cache = Kernels.conv2d_forward(x, w, None, stride, padding, mode)
+    dy = wrap(np.ones(y.shape, dtype=np.float32))
+    counts = []
+    for need_dx in (False, True):
+        with recording() as rec:
+            Kernels.conv2d_backward(dy, w, cache, need_dx=need_dx)
+        counts.append(rec.ops)
+    assert tuple(counts) == CONV_BACKWARD_COUNTS[route], rec.by_name
 
 
 def test_fit_reads_back_per_epoch_not_per_batch(lenet):

@@ -5,14 +5,18 @@ Layout (the one of ``torch.nn.functional.unfold``)::
     x     (N, C, H, W)
     cols  (N, C*kh*kw, OH*OW)      row index = c*kh*kw + i*kw + j, column = oh*OW + ow
 
-so a convolution is one matrix product ``W.reshape(F, C*kh*kw) @ cols`` (:mod:`.conv`). Pooling
-reduces the same windows before they are flattened, (N, C, kh*kw, OH, OW) (:func:`windows`), and
-sends its gradient back with :func:`scatter_windows` (:mod:`.pooling`).
+so a convolution is one matrix product ``W.reshape(F, C*kh*kw) @ cols`` (:mod:`.conv`), and so
+is its input gradient: an im2col of the framed output gradient. Pooling reduces the same
+windows before they are flattened, (N, C, kh*kw, OH, OW) (:func:`windows`). Neither sends a
+gradient back with a scatter (:mod:`.conv`, :mod:`.pooling`).
 
 :func:`col2im` is the adjoint of :func:`im2col`: it adds each column entry back onto the pixel
 it was copied from, so overlapping windows sum and pixels no window covers get zero::
 
     <im2col(x, g), cols> == <x, col2im(cols, g, x.shape)>      for every x and cols.
+
+It is the textbook way back from columns, kept public and tested as the adjoint; the portable
+kernels no longer call it, since its kh + kw scatter-adds are 2(kh + kw) launches on a GPU.
 
 Both take a :class:`~.shapes.Geometry` already resolved (and so checked) by
 :func:`~.shapes.geometry`; they check nothing themselves. im2col stacks the kh*kw strided

@@ -23,7 +23,7 @@ import array_api_extra as xpx
 from ..namespace import namespace
 from .shapes import Geometry
 
-__all__ = ["pad", "crop", "unpad"]
+__all__ = ["pad", "crop", "unpad", "kept_region", "unpad_kept"]
 
 
 def pad(x, g: Geometry, value: float = 0.0):
@@ -70,6 +70,23 @@ def unpad(buf, g: Geometry, axis: int = 2):
         return crop(buf, g, axis)
     folded = _fold_edges(buf, g.left, g.right, axis + 1)
     return _fold_edges(folded, g.top, g.bottom, axis)
+
+
+def kept_region(g: Geometry, h: int, w: int):
+    """The padded rows and columns a backward pass must produce for an (H, W) input,
+    ``(r0, rows, c0, cols)``: the input's own for constant padding (the border's gradient is
+    dropped, so it need not be computed), all of them for replicate (the border's gradient is
+    folded onto the edges by :func:`unpad_kept`)."""
+    if g.mode == "replicate":
+        hp, wp = g.padded_hw(h, w)
+        return 0, hp, 0, wp
+    return g.top, h, g.left, w
+
+
+def unpad_kept(grad, g: Geometry):
+    """A gradient over :func:`kept_region` to the input's (N, C, H, W): nothing to do for
+    constant padding (the region is the input), :func:`unpad` for replicate."""
+    return unpad(grad, g) if g.mode == "replicate" else grad
 
 
 def _fold_edges(buf, before: int, after: int, axis: int):

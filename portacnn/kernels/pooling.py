@@ -45,7 +45,7 @@ import array_api_extra as xpx
 from ..namespace import namespace
 from .shapes import Geometry, check_nchw, geometry
 from .columns import windows
-from .padding import pad, unpad
+from .padding import kept_region, pad, unpad_kept
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "min_pool2d_forward",
            "min_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
@@ -85,28 +85,13 @@ def windows_tile(g: Geometry) -> bool:
 
 # --- backward: back onto the input ------------------------------------------------------------
 
-def _wanted(g: Geometry, h: int, w: int):
-    """The padded rows and columns the backward must produce, ``(r0, rows, c0, cols)``: the
-    input's own for constant padding (the rest is cropped), all of them for replicate (whose
-    border gradient is folded onto the edges)."""
-    if g.mode == "replicate":
-        hp, wp = g.padded_hw(h, w)
-        return 0, hp, 0, wp
-    return g.top, h, g.left, w
-
-
-def _finish(grad, g: Geometry):
-    """Padded-coordinate gradient to dx: nothing to do for constant padding (already cropped)."""
-    return unpad(grad, g) if g.mode == "replicate" else grad
-
-
 def _from_tiles(blocks, g: Geometry, input_shape):
     """Window gradients in tile layout (N, C, OH, kh, OW, kw) back onto the (N, C, H, W)
     input: a reshape where the windows tile the wanted pixels exactly; else one zero buffer of
     whole (sh, sw) blocks takes them first (gaps and the remainder stay zero)."""
     xp = namespace(blocks)
     n, c, h, w = input_shape
-    r0, rows, c0, cols = _wanted(g, h, w)
+    r0, rows, c0, cols = kept_region(g, h, w)
     bh = max(g.oh, -(-(r0 + rows) // g.sh))                 # blocks covering the wanted rows
     bw = max(g.ow, -(-(c0 + cols) // g.sw))
     if (bh, bw, g.sh, g.sw) != (g.oh, g.ow, g.kh, g.kw):
@@ -114,7 +99,7 @@ def _from_tiles(blocks, g: Geometry, input_shape):
         blocks = xpx.at(buf, (slice(None), slice(None), slice(0, g.oh), slice(0, g.kh),
                               slice(0, g.ow), slice(0, g.kw))).set(blocks)
     grad = xp.reshape(blocks, (n, c, bh * g.sh, bw * g.sw))
-    return _finish(grad[:, :, r0 : r0 + rows, c0 : c0 + cols], g)
+    return unpad_kept(grad[:, :, r0 : r0 + rows, c0 : c0 + cols], g)
 
 
 def _gather_windows(grads, g: Geometry, input_shape, reduce):
@@ -125,10 +110,11 @@ def _gather_windows(grads, g: Geometry, input_shape, reduce):
     ``grads`` is (N, C, kh, kw, OH, OW), one gradient per window and offset, or (N, C, OH, OW),
     one per window shared by its offsets. They are placed on the stride-dilated grid of padded
     pixels, with room for the largest shift; offset (i, j) then reaches the wanted pixels
-    (:func:`_wanted`) through the slice of that grid shifted by (i, j). Returns (N, C, H, W).
+    (:func:`~.padding.kept_region`) through the slice of that grid shifted by (i, j). Returns
+    (N, C, H, W).
     """
     xp = namespace(grads)
-    r0, rows, c0, cols = _wanted(g, *input_shape[2:])
+    r0, rows, c0, cols = kept_region(g, *input_shape[2:])
     oy, ox = max(0, g.kh - 1 - r0), max(0, g.kw - 1 - c0)
     buf = xp.zeros(tuple(grads.shape[:-2]) + (oy + r0 + rows, ox + c0 + cols),
                    dtype=grads.dtype, device=grads.device)
@@ -141,7 +127,7 @@ def _gather_windows(grads, g: Geometry, input_shape, reduce):
             top, left = oy + r0 - i, ox + c0 - j
             parts.append(buf[(slice(None), slice(None)) + ((i, j) if per_offset else ())
                              + (slice(top, top + rows), slice(left, left + cols))])
-    return _finish(reduce(xp.stack(parts, axis=2), axis=2), g)
+    return unpad_kept(reduce(xp.stack(parts, axis=2), axis=2), g)
 
 
 # --- the kernels ------------------------------------------------------------------------------
