@@ -217,3 +217,25 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def check_pooling_against_loops(kernels, backend, host_rng, kind, case, mode):
+    """``kernels``' ``{kind}_pool2d_forward`` / ``_backward`` (kind max, min or avg) on
+    ``backend`` equal the naive loops on one :data:`POOL_CASES` geometry, in training (with
+    the backward through its cache) and in inference."""
+    from portacnn import reference
+
+    shape, k, s, p = case
+    x = host_rng.normal(size=shape)
+    fwd = getattr(kernels, f"{kind}_pool2d_forward")
+    bwd = getattr(kernels, f"{kind}_pool2d_backward")
+    ref_fwd = getattr(reference, f"{kind}_pool2d")
+    ref_bwd = getattr(reference, f"{kind}_pool2d_backward")
+    y, cache = fwd(backend.asarray(x), k, s, p, mode)
+    y_ref = ref_fwd(x, k, s, p, mode)
+    assert_close(y, y_ref)
+    fast, nothing = fwd(backend.asarray(x), k, s, p, mode, inference=True)
+    assert nothing is None
+    assert_close(fast, y_ref)
+    dy = host_rng.normal(size=y_ref.shape)
+    assert_close(bwd(backend.asarray(dy), cache), ref_bwd(dy, x, k, s, p, mode))

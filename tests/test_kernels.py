@@ -8,7 +8,7 @@ from portacnn import reference as R
 from portacnn.kernels.pooling import pool_geometry, windows_tile
 from portacnn.kernels.shapes import geometry
 
-from helpers import CASES, POOL_CASES, assert_close, case_id
+from helpers import CASES, POOL_CASES, assert_close, case_id, check_pooling_against_loops
 
 
 @pytest.mark.parametrize("mode", ["zeros", "replicate"])
@@ -115,18 +115,7 @@ def test_uncovered_border_gets_zero_gradient(host_rng):
 @pytest.mark.parametrize("kind", ["max", "min", "avg"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=case_id)
 def test_pooling_matches_loops(backend, host_rng, kind, case, mode):
-    shape, k, s, p = case
-    x = host_rng.normal(size=shape)
-    fwd, bwd = getattr(K, f"{kind}_pool2d_forward"), getattr(K, f"{kind}_pool2d_backward")
-    ref_fwd, ref_bwd = getattr(R, f"{kind}_pool2d"), getattr(R, f"{kind}_pool2d_backward")
-    y, cache = fwd(backend.asarray(x), k, s, p, mode)
-    y_ref = ref_fwd(x, k, s, p, mode)
-    assert_close(y, y_ref)
-    fast, nothing = fwd(backend.asarray(x), k, s, p, mode, inference=True)
-    assert nothing is None
-    assert_close(fast, y_ref)
-    dy = host_rng.normal(size=y_ref.shape)
-    assert_close(bwd(backend.asarray(dy), cache), ref_bwd(dy, x, k, s, p, mode))
+    check_pooling_against_loops(K, backend, host_rng, kind, case, mode)
 
 
 def _pool_route_shapes(case, mode):

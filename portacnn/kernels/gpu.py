@@ -55,26 +55,26 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zer
     return y, None if inference else PoolCache(None, g, tuple(x.shape))
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
-                       inference: bool = False):
-    """:func:`portacnn.kernels.pooling.max_pool2d_forward`; in inference one reduction where
-    the windows tile ``x`` exactly."""
-    g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    if inference and tiles_exactly(g, x.shape[2], x.shape[3]):
-        return namespace(x).max(_tiles(x, g), axis=(3, 5)), None
-    return pooling.max_pool2d_forward(x, kernel_size, stride, padding, padding_mode,
-                                      inference=inference)
+def _extreme(which: str):
+    """Max or min pooling (``which``): one reduction of the view in inference where the
+    windows tile ``x`` exactly, else the portable kernel of that name."""
+    portable = getattr(pooling, f"{which}_pool2d_forward")
+
+    def forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
+                inference: bool = False):
+        g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
+        if inference and tiles_exactly(g, x.shape[2], x.shape[3]):
+            return getattr(namespace(x), which)(_tiles(x, g), axis=(3, 5)), None
+        return portable(x, kernel_size, stride, padding, padding_mode, inference=inference)
+
+    forward.__name__ = forward.__qualname__ = f"{which}_pool2d_forward"
+    forward.__doc__ = (f":func:`portacnn.kernels.pooling.{which}_pool2d_forward`; in inference "
+                       "one reduction where the windows tile ``x`` exactly.")
+    return forward
 
 
-def min_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
-                       inference: bool = False):
-    """:func:`portacnn.kernels.pooling.min_pool2d_forward`; in inference one reduction where
-    the windows tile ``x`` exactly."""
-    g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
-    if inference and tiles_exactly(g, x.shape[2], x.shape[3]):
-        return namespace(x).min(_tiles(x, g), axis=(3, 5)), None
-    return pooling.min_pool2d_forward(x, kernel_size, stride, padding, padding_mode,
-                                      inference=inference)
+max_pool2d_forward = _extreme("max")
+min_pool2d_forward = _extreme("min")
 
 
 class GpuKernels(Kernels):
