@@ -110,6 +110,16 @@ def _layers(backend, shapes, seed=0):
     return layers
 
 
+def _stepped_together(backend, shapes, fuse):
+    """``_layers`` whose optimizer updates them all at once (``fuse``, the GPU's way) or one by
+    one (the CPU's), and their parameters."""
+    layers = _layers(backend, shapes)
+    for layer in layers:
+        layer.backend = types.SimpleNamespace(kernels=types.SimpleNamespace(fuse_updates=fuse),
+                                              activate=contextlib.nullcontext)
+    return layers, [p for i, layer in enumerate(layers) for p in layer.parameters(f"{i}.")]
+
+
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "per-parameter"])
 def test_one_update_over_all_parameters_equals_one_per_parameter(core_backend, fuse):
     """Several parameters of different shapes, stepped together (``fuse_updates``, the GPU's
@@ -118,11 +128,7 @@ def test_one_update_over_all_parameters_equals_one_per_parameter(core_backend, f
     shapes = [(3, 2), (4,), (2, 1, 3)]
     rng = np.random.default_rng(5)
     grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
-    together = _layers(core_backend, shapes)
-    for layer in together:
-        layer.backend = types.SimpleNamespace(kernels=types.SimpleNamespace(fuse_updates=fuse),
-                                              activate=contextlib.nullcontext)
-    params = [p for i, layer in enumerate(together) for p in layer.parameters(f"{i}.")]
+    together, params = _stepped_together(core_backend, shapes, fuse)
     opt = SGD(lr=0.1, momentum=0.9, weight_decay=0.01)
     alone = [(_layers(core_backend, shapes)[i], SGD(lr=0.1, momentum=0.9, weight_decay=0.01))
              for i in range(len(shapes))]
@@ -203,11 +209,7 @@ def test_global_clipnorm_matches_torch_clip_grad_norm(core_backend, fuse, clipno
     shapes = [(3, 2), (4,)]
     rng = np.random.default_rng(7)
     grads = [[rng.normal(size=s) for s in shapes] for _ in range(2)]
-    layers = _layers(core_backend, shapes)
-    for layer in layers:
-        layer.backend = types.SimpleNamespace(kernels=types.SimpleNamespace(fuse_updates=fuse),
-                                              activate=contextlib.nullcontext)
-    params = [p for i, layer in enumerate(layers) for p in layer.parameters(f"{i}.")]
+    layers, params = _stepped_together(core_backend, shapes, fuse)
     settings = dict(lr=0.1, momentum=0.9, weight_decay=0.01)
     opt = get_optimizer(SGD(**settings, global_clipnorm=clipnorm).get_config())
     theirs = [torch.tensor(core_backend.to_numpy(p.value), requires_grad=True) for p in params]
