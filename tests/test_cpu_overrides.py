@@ -27,6 +27,7 @@ from helpers import CASES, POOL_CASES, SELECTED, assert_close, case_id, make_bac
 CONV = ("conv2d_forward", "conv2d_backward")
 POOLS = tuple(f"{kind}_pool2d_{step}" for kind in ("max", "min", "avg")
               for step in ("forward", "backward"))
+ACTIVATIONS = ("relu_backward",)
 
 
 @pytest.fixture(params=[b for b in SELECTED
@@ -43,13 +44,13 @@ def test_numpy_backend_runs_the_cpu_set_and_others_the_portable_one():
     assert type(get_backend("array_api_strict").kernels) is Kernels
     overridden = {name for name in vars(CpuKernels) if not name.startswith("_")
                   and callable(getattr(CpuKernels, name))}
-    assert overridden == set(CONV + POOLS)
+    assert overridden == set(CONV + POOLS + ACTIVATIONS)
     for name in overridden:                      # an override replaces the portable function
         assert getattr(CpuKernels, name) is not getattr(K, name)
         assert getattr(Kernels, name) is getattr(K, name)
 
 
-@pytest.mark.parametrize("name", sorted(CONV + POOLS))
+@pytest.mark.parametrize("name", sorted(CONV + POOLS + ACTIVATIONS))
 def test_an_override_takes_the_arguments_of_its_portable_kernel(name):
     portable = inspect.signature(getattr(K, name)).parameters
     override = inspect.signature(getattr(CpuKernels, name)).parameters
