@@ -55,10 +55,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, padding_mode="zer
     return y, None if inference else PoolCache(None, g, tuple(x.shape))
 
 
-def _extreme(which: str):
+def _extreme(which: str, portable):
     """Max or min pooling (``which``): one reduction of the view in inference where the
-    windows tile ``x`` exactly, else the portable kernel of that name."""
-    portable = getattr(pooling, f"{which}_pool2d_forward")
+    windows tile ``x`` exactly, else ``portable``, the portable kernel of that name."""
 
     def forward(x, kernel_size, stride=None, padding=0, padding_mode="zeros", *,
                 inference: bool = False):
@@ -73,8 +72,8 @@ def _extreme(which: str):
     return forward
 
 
-max_pool2d_forward = _extreme("max")
-min_pool2d_forward = _extreme("min")
+max_pool2d_forward = _extreme("max", pooling.max_pool2d_forward)
+min_pool2d_forward = _extreme("min", pooling.min_pool2d_forward)
 
 
 class GpuKernels(Kernels):
