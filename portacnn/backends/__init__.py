@@ -24,12 +24,13 @@ Nothing else in portacnn imports an array library or asks which backend runs: ke
 ``xp`` from their inputs (:func:`namespace`), layers and models ask their backend.
 """
 
-from . import cupy, numpy, strict, torch  # noqa: F401  (each registers its class)
+from . import cupy, numpy, onnx, strict, torch  # noqa: F401  (each registers its class)
 from .base import Backend, describe_array, is_host_array, namespace, on_device, to_numpy
 from .cupy import CupyBackend
 from .errors import DeviceError, NoDeviceError
 from .memory import MemoryPeak
 from .numpy import NumpyBackend
+from .onnx import OnnxBackend
 from .random import PortableRNG
 from .registry import register
 from .selection import ENV_VAR, backend_of, get_backend, registered
@@ -37,6 +38,6 @@ from .strict import StrictBackend
 from .torch import TorchBackend
 
 __all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError",
-           "NumpyBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
+           "NumpyBackend", "OnnxBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
            "describe_array", "get_backend", "is_host_array", "namespace", "on_device", "register",
            "registered", "to_numpy"]
