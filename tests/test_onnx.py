@@ -18,7 +18,10 @@ from portacnn import kernels as K  # noqa: E402
 from portacnn.backends import get_backend  # noqa: E402
 from portacnn.kernels import onnx_ops  # noqa: E402
 from portacnn.model.onnx_export import OnnxExportError  # noqa: E402
+from portacnn.cli import main  # noqa: E402
 from portacnn.models import MODELS  # noqa: E402
+
+from helpers import write_mnist  # noqa: E402
 
 
 def concat_model():
@@ -174,3 +177,17 @@ def test_the_onnx_backend_is_registered_and_holds_constants():
     backend = get_backend("onnx")
     assert type(backend.kernels).__name__ == "OnnxKernels" and not backend.accelerator
     assert backend.to_numpy(backend.asarray(np.arange(3.0))).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_the_command_line_exports_the_trained_model(tmp_path, capsys):
+    write_mnist(tmp_path / "digits", n_train=8, n_test=4)
+    fast = ["train", "--epochs", "1", "--batch-size", "4", "--quiet", "--dataset",
+            "fashion-mnist", "--data", str(tmp_path / "digits")]
+    target = tmp_path / "out" / "lenet.onnx"
+    assert main([*fast, "--export", str(target)]) == 0
+    assert f"exported {target} (ONNX)" in capsys.readouterr().out
+    got, = session(str(target)).run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})
+    assert got.shape == (2, 10)
+    assert main([*fast, "--export", str(tmp_path / "digits")]) == 2      # a directory
+    err = capsys.readouterr().err
+    assert f"--export {tmp_path / 'digits'}:" in err and "Traceback" not in err
