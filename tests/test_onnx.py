@@ -151,6 +151,15 @@ def test_onnx_dense_equals_the_traced_portable_kernel(host_rng):
         np.testing.assert_allclose(native, K.dense_forward(x, w, bias), atol=1e-6)
 
 
+def test_onnx_relu_and_softmax_equal_the_traced_portable_kernels(host_rng):
+    x = host_rng.standard_normal((4, 3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(traced(onnx_ops.relu, x), traced(K.relu, x))
+    for axis in (1, -1):
+        native = traced(onnx_ops.softmax, x, axis=axis)
+        np.testing.assert_allclose(native, traced(K.softmax, x, axis=axis), atol=1e-6)
+        np.testing.assert_allclose(native, K.softmax(x, axis=axis), atol=1e-6)
+
+
 def test_the_portable_inference_kernels_trace_on_a_symbolic_batch(host_rng):
     x = host_rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
     w = host_rng.standard_normal((5, 4, 3, 3)).astype(np.float32)

@@ -13,6 +13,7 @@ name, and is tested against that kernel traced (tests/test_onnx.py).
 | ``max_pool2d_forward`` | ``MaxPool`` (its padding is -inf, as portacnn's) |
 | ``avg_pool2d_forward`` | ``AveragePool`` with ``count_include_pad=1`` (portacnn divides by the full window) |
 | ``dense_forward`` | ``Gemm`` with ``transB=1`` (the weight is (out, in)) |
+| ``relu``, ``softmax`` | ``Relu`` (a runtime fuses it into the ``Conv`` before it), ``Softmax`` |
 
 The overrides serve inference only (``inference=True``, what export traces): asked for a
 cache, a kernel runs the portable one, whose backward reads it. ``spox`` is imported when a
@@ -21,7 +22,7 @@ kernel runs, so this module loads without it.
 
 from __future__ import annotations
 
-from . import conv, dense, pooling
+from . import activations, conv, dense, pooling
 from .sets import Kernels
 
 __all__ = ["OnnxKernels"]
@@ -105,11 +106,26 @@ def dense_forward(x, weight, bias=None):
     return _array(x, _op().gemm(*inputs, transB=1))
 
 
+def relu(x):
+    """:func:`~.activations.relu` as ONNX ``Relu``."""
+    return _array(x, _op().relu(_var(x)))
+
+
+def softmax(x, axis: int = -1):
+    """:func:`~.activations.softmax` as ONNX ``Softmax`` along ``axis``."""
+    if not -x.ndim <= axis < x.ndim:
+        return activations.softmax(x, axis)                 # raises, naming the axis
+    return _array(x, _op().softmax(_var(x), axis=axis))
+
+
 class OnnxKernels(Kernels):
     """:class:`~.sets.Kernels` with ONNX's own operators for convolution, max and average
-    pooling and dense layers (the module's table); every other kernel traces as written."""
+    pooling, dense layers, ReLU and softmax (the module's table); every other kernel traces
+    as written."""
 
     conv2d_forward = staticmethod(conv2d_forward)
     max_pool2d_forward = staticmethod(max_pool2d_forward)
     avg_pool2d_forward = staticmethod(avg_pool2d_forward)
     dense_forward = staticmethod(dense_forward)
+    relu = staticmethod(relu)
+    softmax = staticmethod(softmax)

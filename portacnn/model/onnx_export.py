@@ -48,6 +48,7 @@ def export_onnx(model, path, *, batch: int | None = None):
             y = backend.kernels.softmax(y, axis=1)
     proto = ndx.build({"input": x}, {output_name(model): y})
     _constants_to_initializers(proto.graph)
+    _drop_unused_outputs(proto.graph)
     proto.producer_name = "portacnn"
     return checkpoint.write_atomic(path, proto.SerializeToString())
 
@@ -108,3 +109,13 @@ def _constants_to_initializers(graph) -> None:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _drop_unused_outputs(graph) -> None:
+    """Give each node's trailing outputs that nothing reads the empty name, which ONNX reads
+    as not asked for (``MaxPool``'s ``Indices``: a runtime then does not compute them)."""
+    read = {name for node in graph.node for name in node.input}
+    read |= {out.name for out in graph.output}
+    for node in graph.node:
+        while len(node.output) > 1 and node.output[-1] not in read:
+            node.output.pop()
