@@ -100,11 +100,13 @@ def test_an_untraceable_layer_is_named_and_nothing_is_written(tmp_path):
 
 def traced(kernel, x, *consts, batch="N", **kwargs):
     """Run ``kernel(x, *consts, **kwargs)`` traced on ndonnx (``x`` an input of batch
-    ``batch``, the others constants) in onnxruntime; a tuple result's first entry."""
+    ``batch``, the others constants) in onnxruntime; a tuple result's first entry. The traced
+    result must know every size but the batch."""
     arg = ndx.argument(shape=(batch, *x.shape[1:]), dtype=ndx.from_numpy_dtype(x.dtype))
     y = kernel(arg, *(None if c is None else ndx.asarray(c) for c in consts), **kwargs)
     y = y[0] if isinstance(y, tuple) else y
     got, = session(ndx.build({"x": arg}, {"y": y})).run(None, {"x": x})
+    assert y.shape[1:] == got.shape[1:]          # static sizes survive a symbolic batch
     return got
 
 
@@ -168,6 +170,7 @@ def test_the_portable_inference_kernels_trace_on_a_symbolic_batch(host_rng):
         "conv2d, zero padding": (lambda a, w: K.conv2d_forward(a, w, padding=1, stride=2,
                                                                inference=True), (w,)),
         "avg_pool2d": (lambda a: K.avg_pool2d_forward(a, 3, 2, padding=1, inference=True), ()),
+        "max_pool2d": (lambda a: K.max_pool2d_forward(a, 3, 2, padding=1, inference=True), ()),
         "global_avg_pool2d": (lambda a: K.global_avg_pool2d_forward(a, inference=True), ()),
         "batchnorm, eval": (lambda a, g, m, v: K.batchnorm_forward(a, g, g, m, v,
                                                                     training=False), (c, c, c)),

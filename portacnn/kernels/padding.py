@@ -41,9 +41,11 @@ def pad(x, g: Geometry, value: float = 0.0):
 
 def _constant_by_concat(xp, x, g: Geometry, value: float):
     # Constant padding that needs no size: rows and columns of ``value`` made like a slice of
-    # ``x`` and joined on, so a shape known only when the graph runs needs no eager number.
+    # ``x`` and joined on, so a shape known only when the graph runs needs no eager number
+    # (the reshape gives back the static sizes ndonnx's ``full_like`` forgets).
     def frame(x, before, after, axis):
-        edge = xp.full_like(x[(slice(None),) * axis + (slice(0, 1), ...)], value)
+        edge = x[(slice(None),) * axis + (slice(0, 1), ...)]
+        edge = xp.reshape(xp.full_like(edge, value), (-1, *edge.shape[1:]))
         parts = [edge] * before + [x] + [edge] * after
         return xp.concat(parts, axis=axis) if len(parts) > 1 else x
 

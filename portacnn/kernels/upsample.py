@@ -27,7 +27,8 @@ def repeat_pixels(x, factors):
     shape = tuple(x.shape)
     lead, (h, w) = shape[:-2], shape[-2:]
     if None in lead:                   # a traced batch of unknown size: no shape to broadcast to
-        return xp.repeat(xp.repeat(x, rh, axis=-2), rw, axis=-1)
+        return xp.reshape(xp.repeat(xp.repeat(x, rh, axis=-2), rw, axis=-1),
+                          (-1, *lead[1:], h * rh, w * rw))
     blocks = xp.broadcast_to(xp.reshape(x, lead + (h, 1, w, 1)), lead + (h, rh, w, rw))
     return xp.reshape(blocks, lead + (h * rh, w * rw))
 
