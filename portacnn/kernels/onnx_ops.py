@@ -27,13 +27,11 @@ from .sets import Kernels
 
 __all__ = ["OnnxKernels"]
 
-_OPSET = "spox.opset.ai.onnx.v21"
-
-
 def _op():
-    import importlib
+    # ONNX's operators as spox functions (opset 21); imported here, not with the module.
+    import spox.opset.ai.onnx.v21 as op
 
-    return importlib.import_module(_OPSET)
+    return op
 
 
 def _var(x):
