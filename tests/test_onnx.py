@@ -17,7 +17,7 @@ import portacnn  # noqa: E402
 from portacnn import kernels as K  # noqa: E402
 from portacnn.backends import get_backend  # noqa: E402
 from portacnn.kernels import onnx_ops  # noqa: E402
-from portacnn.model.onnx_export import OnnxExportError  # noqa: E402
+from portacnn import OnnxExportError  # noqa: E402
 from portacnn.cli import main  # noqa: E402
 from portacnn.models import MODELS  # noqa: E402
 
@@ -29,7 +29,7 @@ def concat_model():
     x = portacnn.Input((3, 8, 8))
     a = portacnn.ReLU()(portacnn.Conv2D(4, 3, padding=1)(x))
     b = portacnn.MaxPool2D(3, stride=1, padding=1)(x)
-    h = portacnn.Concatenate(axis=1)([a, b])
+    h = portacnn.Dropout(0.5)(portacnn.Concatenate(axis=1)([a, b]))    # eval: the identity
     return portacnn.Model(x, portacnn.Dense(5)(portacnn.Flatten()(h)))
 
 
@@ -90,10 +90,13 @@ def test_an_untraceable_layer_is_named_and_nothing_is_written(tmp_path):
                                  portacnn.Dense(2)], input_shape=(1, 2, 2))
     before = model.layers[2].params["weight"]
     target = tmp_path / "m.onnx"
+    target.write_bytes(b"an earlier export")
     with pytest.raises(OnnxExportError, match=r"rounding \(HostRound\) cannot be exported to "
                                               "ONNX: its forward failed on a traced ndonnx"):
         model.export_onnx(target)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"an earlier export"
+    with pytest.raises(ValueError, match="batch"):
+        model.export_onnx(target, batch=0)
     assert model.layers[2].params["weight"] is before and model.backend.name == "numpy"
     model.predict(np.zeros((1, 1, 2, 2), np.float32))          # still runs on NumPy
 

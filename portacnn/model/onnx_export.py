@@ -16,6 +16,7 @@ import contextlib
 
 from .. import checkpoint
 from ..backends import get_backend, to_numpy
+from ..scalars import positive_int
 
 __all__ = ["export_onnx", "OnnxExportError", "output_name"]
 
@@ -38,9 +39,10 @@ def export_onnx(model, path, *, batch: int | None = None):
     install "portacnn[onnx]"``).
     """
     model.require_built()
+    batch = "N" if batch is None else positive_int(batch, "batch")
     backend = get_backend("onnx")
     ndx = backend.xp
-    x = ndx.argument(shape=("N" if batch is None else int(batch), *model.input_shape),
+    x = ndx.argument(shape=(batch, *model.input_shape),
                      dtype=backend.dtype(model.dtype_name))
     with _traced(model, backend):
         y = model.forward(x)
