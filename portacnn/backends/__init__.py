@@ -12,10 +12,11 @@
 | :class:`CupyBackend` | CuPy | ``"gpu"``, ``"cuda"``, ``"cuda:N"``, ``"cupy"`` |
 | :class:`TorchBackend` | PyTorch | ``"torch"`` |
 | :class:`StrictBackend` | array_api_strict | ``"array_api_strict"`` |
+| :class:`OnnxBackend` | ndonnx (arrays that record an ONNX graph: export) | ``"onnx"``, ``"ndonnx"`` |
 | :class:`Backend` (generic) | any namespace array-api-compat recognises | ``"jax"``, or the module |
 
 The modules: ``base`` (the :class:`Backend` class, :func:`to_numpy`), one module per library
-class (``numpy``, ``cupy``, ``torch``, ``strict``), ``registry`` (which class serves which
+class (``numpy``, ``cupy``, ``torch``, ``strict``, ``onnx``), ``registry`` (which class serves which
 library), ``selection`` (:func:`get_backend`, :func:`backend_of`), ``errors``, ``memory``
 (:class:`MemoryPeak`, for benchmarks), ``random`` (:class:`PortableRNG`) and ``cupy_doctor``
 (CuPy's smoke test and install diagnostics).
