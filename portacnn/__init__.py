@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError
 from .layers import (Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Buffer, Concatenate, Conv2D, Dense,
                      Dropout, Flatten, GlobalAvgPool2D, Identity, Input, Layer, MaxPool2D,
                      MinPool2D, Parameter, ReLU, Sigmoid, SymbolicTensor, Tanh, Upsample2D)
-from .model import Model, Sequential, load
+from .model import Model, OnnxExportError, Sequential, load
 from .training import History, RandomCropFlip
 
 __version__ = "0.2.0"
@@ -23,7 +23,8 @@ __version__ = "0.2.0"
 __all__ = [
     "Add", "AvgPool2D", "Backend", "BatchNorm1D", "BatchNorm2D", "Buffer", "CheckpointError",
     "Concatenate", "Conv2D", "Dense", "DeviceError", "Dropout", "Flatten", "GlobalAvgPool2D",
-    "History", "Identity", "Input", "Layer", "MaxPool2D", "MinPool2D", "Model", "Parameter",
+    "History", "Identity", "Input", "Layer", "MaxPool2D", "MinPool2D", "Model", "OnnxExportError",
+    "Parameter",
     "RandomCropFlip", "ReLU", "Sequential", "Sigmoid", "SymbolicTensor", "Tanh", "Upsample2D",
     "backends", "callbacks", "data", "get_backend", "kernels", "load", "models", "optim",
     "schedules", "__version__",

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from .backends import to_numpy
 
-__all__ = ["write", "read", "model_tensors", "check_tensors", "layer_tensor",
+__all__ = ["write", "write_atomic", "read", "model_tensors", "check_tensors", "layer_tensor",
            "optimizer_state", "target_problem", "folder_problem", "remove_stale_temporaries",
            "CheckpointError", "FORMAT", "FORMAT_VERSION"]
 
@@ -76,7 +76,19 @@ def write(path, tensors: dict, description: dict) -> Path:
     if problem:
         raise CheckpointError(problem)
     desc = {"format": FORMAT, "format_version": FORMAT_VERSION, **description}
-    blob = st_save(tensors, metadata={"portacnn": json.dumps(desc)})
+    return write_atomic(path, st_save(tensors, metadata={"portacnn": json.dumps(desc)}))
+
+
+def write_atomic(path, blob: bytes) -> Path:
+    """Write ``blob`` to ``path`` atomically (a temporary file in the same directory, then a
+    rename: a crash never leaves half a file), with the mode the umask gives. Returns the path.
+
+    Raises :class:`CheckpointError` before writing anything when ``path`` is a directory or a
+    special file, or lies under a file (:func:`target_problem`)."""
+    path = Path(path)
+    problem = target_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-{_HOST}.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import math
 import os
 import sys
@@ -106,6 +107,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                    help="precision of the weights and the computation (default: %(default)s)")
     p.add_argument("--save", default=None, type=Path, metavar="PATH",
                    help="write the trained model here, a .safetensors file (default: not saved)")
+    p.add_argument("--export", default=None, type=Path, metavar="PATH",
+                   help="write the trained model's inference as an ONNX file here, for any ONNX "
+                        "runtime (needs portacnn[onnx]) (default: not exported)")
     p.add_argument("--plots", default=None, type=Path, metavar="DIR",
                    help="write history, filters, feature_maps, predictions and confusion PNGs "
                         "to DIR after training (needs portacnn[viz]) (default: no pictures)")
@@ -192,6 +196,12 @@ def output_problem(args) -> str | None:
             problem = problem or target_problem(args.plots / f"{name}.png", example=None)
         if problem:
             return f"--plots {args.plots}: {problem}"
+    if args.export is not None:
+        problem = ('needs ndonnx: pip install "portacnn[onnx]"'
+                   if importlib.util.find_spec("ndonnx") is None else
+                   target_problem(args.export) or folder_problem(args.export.parent))
+        if problem:
+            return f"--export {args.export}: {problem}"
     if args.save_best and args.save is None:
         return "--save-best writes the file of --save: add --save PATH"
     if args.warmup >= args.epochs and args.schedule != "constant":
@@ -290,6 +300,8 @@ def train(args) -> int:
     if args.save is not None and not args.save_best:
         runner.save(args.save)
         print(f"saved {args.save}")
+    if args.export is not None and (not parallel or runner.is_root):
+        print(f"exported {model.export_onnx(args.export)} (ONNX)")
     if args.plots is not None and (not parallel or runner.is_root):
         from .viz import plot_report
 

@@ -12,10 +12,11 @@
 | :class:`CupyBackend` | CuPy | ``"gpu"``, ``"cuda"``, ``"cuda:N"``, ``"cupy"`` |
 | :class:`TorchBackend` | PyTorch | ``"torch"`` |
 | :class:`StrictBackend` | array_api_strict | ``"array_api_strict"`` |
+| :class:`OnnxBackend` | ndonnx (arrays that record an ONNX graph: export) | ``"onnx"``, ``"ndonnx"`` |
 | :class:`Backend` (generic) | any namespace array-api-compat recognises | ``"jax"``, or the module |
 
 The modules: ``base`` (the :class:`Backend` class, :func:`to_numpy`), one module per library
-class (``numpy``, ``cupy``, ``torch``, ``strict``), ``registry`` (which class serves which
+class (``numpy``, ``cupy``, ``torch``, ``strict``, ``onnx``), ``registry`` (which class serves which
 library), ``selection`` (:func:`get_backend`, :func:`backend_of`), ``errors``, ``memory``
 (:class:`MemoryPeak`, for benchmarks), ``random`` (:class:`PortableRNG`) and ``cupy_doctor``
 (CuPy's smoke test and install diagnostics).
@@ -24,12 +25,13 @@ Nothing else in portacnn imports an array library or asks which backend runs: ke
 ``xp`` from their inputs (:func:`namespace`), layers and models ask their backend.
 """
 
-from . import cupy, numpy, strict, torch  # noqa: F401  (each registers its class)
+from . import cupy, numpy, onnx, strict, torch  # noqa: F401  (each registers its class)
 from .base import Backend, describe_array, is_host_array, namespace, on_device, to_numpy
 from .cupy import CupyBackend
 from .errors import DeviceError, NoDeviceError
 from .memory import MemoryPeak
 from .numpy import NumpyBackend
+from .onnx import OnnxBackend
 from .random import PortableRNG
 from .registry import register
 from .selection import ENV_VAR, backend_of, get_backend, registered
@@ -37,6 +39,6 @@ from .strict import StrictBackend
 from .torch import TorchBackend
 
 __all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError",
-           "NumpyBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
+           "NumpyBackend", "OnnxBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
            "describe_array", "get_backend", "is_host_array", "namespace", "on_device", "register",
            "registered", "to_numpy"]

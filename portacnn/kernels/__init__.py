@@ -22,6 +22,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .cpu import CpuKernels
 from .dense import dense_backward, dense_forward
 from .gpu import GpuKernels
+from .onnx_ops import OnnxKernels
 from .dropout import dropout_backward, dropout_forward
 from .losses import mse, one_hot, softmax_cross_entropy
 from .merge import add_backward, add_forward, concatenate_backward, concatenate_forward
@@ -33,7 +34,7 @@ from .shapes import Geometry, geometry
 from .upsample import upsample_nearest_backward, upsample_nearest_forward
 
 __all__ = [
-    "CpuKernels", "Geometry", "GpuKernels", "Kernels", "add_backward", "add_forward", "avg_pool2d_backward",
+    "CpuKernels", "Geometry", "GpuKernels", "Kernels", "OnnxKernels", "add_backward", "add_forward", "avg_pool2d_backward",
     "avg_pool2d_forward", "batchnorm_backward", "batchnorm_forward", "col2im",
     "concatenate_backward", "concatenate_forward", "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "geometry",

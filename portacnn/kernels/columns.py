@@ -30,7 +30,7 @@ from __future__ import annotations
 import array_api_extra as xpx
 
 from ..namespace import namespace
-from .shapes import Geometry
+from .shapes import Geometry, batch_dim
 from .padding import pad, unpad
 
 __all__ = ["im2col", "col2im", "windows", "scatter_windows", "window_slice"]
@@ -47,8 +47,8 @@ def im2col(x, g: Geometry):
         cols: (N, C*kh*kw, OH*OW).
     """
     xp = namespace(x)
-    n, c = x.shape[:2]
-    return xp.reshape(windows(pad(x, g), g), (n, c * g.window, g.oh * g.ow))
+    c = x.shape[1]
+    return xp.reshape(windows(pad(x, g), g), (batch_dim(x), c * g.window, g.oh * g.ow))
 
 
 def col2im(cols, g: Geometry, input_shape):

@@ -42,7 +42,7 @@ from ..namespace import namespace
 from ..scalars import is_int
 import array_api_extra as xpx
 
-from .shapes import Geometry, check_nchw, geometry
+from .shapes import Geometry, batch_dim, check_nchw, geometry
 from .columns import im2col
 from .padding import kept_region, unpad_kept
 
@@ -104,7 +104,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, padding_mode: str 
     """
     xp = namespace(x, weight) if bias is None else namespace(x, weight, bias)
     g = conv_geometry(x, weight, stride, padding, padding_mode, groups)
-    n = x.shape[0]
+    n = batch_dim(x)
     f = weight.shape[0]
     cols = im2col(x, g)                                          # (N, C*kh*kw, OH*OW)
     y = _grouped(weight, groups) @ _grouped_rows(cols, groups)   # (N, G, F/G, OH*OW)
@@ -146,8 +146,8 @@ def _grouped(weight, groups: int):
 
 def _grouped_rows(cols, groups: int):
     """(N, C*kh*kw, L) -> (N, G, C/G*kh*kw, L): the rows ordered (c, i, j) split by group."""
-    n, rows, length = cols.shape
-    return namespace(cols).reshape(cols, (n, groups, rows // groups, length))
+    _, rows, length = cols.shape
+    return namespace(cols).reshape(cols, (batch_dim(cols), groups, rows // groups, length))
 
 
 def _input_gradient(dy, weight, g: Geometry, input_shape, groups: int):

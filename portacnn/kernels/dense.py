@@ -25,6 +25,8 @@ def dense_forward(x, weight, bias=None):
             f"expects {weight.shape[1] if weight.ndim == 2 else '?'}"
         )
     y = x @ xp.matrix_transpose(weight)
+    if x.shape[0] is None:          # a traced batch: ndonnx's product forgets out_features
+        y = xp.reshape(y, (-1, weight.shape[0]))
     return y if bias is None else y + bias
 
 

@@ -33,8 +33,23 @@ def pad(x, g: Geometry, value: float = 0.0):
         return x
     if g.mode == "replicate":
         return _replicate(namespace(x), x, g)
+    if None in x.shape:                 # a traced batch of unknown size (ndonnx's "N")
+        return _constant_by_concat(namespace(x), x, g, value)
     widths = ((0, 0), (0, 0), (g.top, g.bottom), (g.left, g.right))
     return xpx.pad(x, widths, constant_values=value)
+
+
+def _constant_by_concat(xp, x, g: Geometry, value: float):
+    # Constant padding that needs no size: rows and columns of ``value`` made like a slice of
+    # ``x`` and joined on, so a shape known only when the graph runs needs no eager number
+    # (the reshape gives back the static sizes ndonnx's ``full_like`` forgets).
+    def frame(x, before, after, axis):
+        edge = x[(slice(None),) * axis + (slice(0, 1), ...)]
+        edge = xp.reshape(xp.full_like(edge, value), (-1, *edge.shape[1:]))
+        parts = [edge] * before + [x] + [edge] * after
+        return xp.concat(parts, axis=axis) if len(parts) > 1 else x
+
+    return frame(frame(x, g.left, g.right, 3), g.top, g.bottom, 2)
 
 
 def _replicate(xp, x, g: Geometry):

@@ -139,6 +139,8 @@ def _extreme_forward(x, kernel_size, stride, padding, padding_mode, inference, f
     g = pool_geometry(x, kernel_size, stride, padding, padding_mode)
     win = windows(pad(x, g, fill), g)                      # (N, C, kh*kw, OH, OW)
     y = getattr(xp, which)(win, axis=2)
+    if None in x.shape:           # a traced batch: ndonnx's max/min of it has no static shape
+        y = xp.reshape(y, (-1, *win.shape[1:2], g.oh, g.ow))
     if inference:
         return y, None
     return y, PoolCache(getattr(xp, "arg" + which)(win, axis=2), g, tuple(x.shape))

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from ..scalars import is_int
 
-__all__ = ["Geometry", "geometry", "kernel_pair", "stride_pair", "check_padding",
+__all__ = ["Geometry", "batch_dim", "geometry", "kernel_pair", "stride_pair", "check_padding",
            "padding_pair", "check_padding_mode", "check_nchw", "PADDING_MODES"]
 
 
@@ -187,3 +187,10 @@ def check_nchw(x, what: str = "input") -> None:
             f"{what} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}; "
             "add a batch axis with x[None, ...] or a channel axis with x[:, None, ...]"
         )
+
+
+def batch_dim(x) -> int:
+    """``x.shape[0]`` for a reshape, or -1 (reshape infers it) where the batch size is unknown
+    until the graph runs: a traced input's symbolic batch (``ndonnx``'s ``"N"``) has None."""
+    n = x.shape[0]
+    return -1 if n is None else n

@@ -26,6 +26,9 @@ def repeat_pixels(x, factors):
     rh, rw = factors
     shape = tuple(x.shape)
     lead, (h, w) = shape[:-2], shape[-2:]
+    if None in lead:                   # a traced batch of unknown size: no shape to broadcast to
+        return xp.reshape(xp.repeat(xp.repeat(x, rh, axis=-2), rw, axis=-1),
+                          (-1, *lead[1:], h * rh, w * rw))
     blocks = xp.broadcast_to(xp.reshape(x, lead + (h, 1, w, 1)), lead + (h, rh, w, rw))
     return xp.reshape(blocks, lead + (h * rh, w * rw))
 

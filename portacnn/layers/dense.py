@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..kernels.shapes import batch_dim
 from ..scalars import positive_int, seed_or_none
 from .base import Layer, _init_weight, _maybe_build_now
 
@@ -101,7 +102,7 @@ class Flatten(Layer):
 
     def _forward(self, x):
         self._cache = tuple(x.shape)
-        return self.xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))   # -1 fails for N=0
+        return self.xp.reshape(x, (batch_dim(x), math.prod(x.shape[1:])))  # N itself: -1 fails for N=0
 
     def _backward(self, dy):
         return self.xp.reshape(dy, self._cache)

@@ -9,12 +9,14 @@
 - :mod:`.graph`: ``Model``: layers called on symbolic tensors (``portacnn.Input``), Keras's
   functional API: skip connections, branches, shared layers;
 - :mod:`.summary`: the table ``summary`` prints;
-- :mod:`.loading`: :func:`load` a checkpoint and :func:`rebuild` a model from its description.
+- :mod:`.loading`: :func:`load` a checkpoint and :func:`rebuild` a model from its description;
+- :mod:`.onnx_export`: ``export_onnx``, the inference forward traced into an ONNX file.
 """
 
 from .base import ModelBase
 from .graph import Model
 from .loading import load, rebuild
+from .onnx_export import OnnxExportError
 from .sequential import Sequential
 
-__all__ = ["Model", "ModelBase", "Sequential", "load", "rebuild"]
+__all__ = ["Model", "ModelBase", "OnnxExportError", "Sequential", "load", "rebuild"]

@@ -18,6 +18,7 @@ from ..backends import Backend, get_backend
 from ..layers import Buffer, Layer, Parameter
 from ..optim import Optimizer
 from ..scalars import seed_or_none
+from . import onnx_export
 from .summary import summary_text
 
 __all__ = ["ModelBase"]
@@ -240,6 +241,17 @@ class ModelBase:
         return training.predict(self, x, batch_size)
 
     # --- persistence ----------------------------------------------------------------------
+    def export_onnx(self, path, *, batch: int | None = None):
+        """Write the inference forward to ``path`` as an ONNX model any ONNX runtime serves;
+        returns the path. Input ``"input"``, (N, *input_shape) in the model's dtype, with a
+        symbolic batch size ``N`` unless ``batch`` fixes it; output what :meth:`predict`
+        returns, ``"probabilities"`` (N, classes) (``"outputs"`` with the MSE loss). Weights
+        are the graph's initializers. Traced on ``ndonnx`` arrays (``pip install
+        "portacnn[onnx]"``), no per-layer converter (:mod:`.onnx_export`); a layer that
+        cannot be traced raises :class:`~.onnx_export.OnnxExportError` naming it, and nothing
+        is written."""
+        return onnx_export.export_onnx(self, path, batch=batch)
+
     def _layer_descriptions(self) -> list[dict]:
         """Each layer's type and configuration, as :meth:`architecture` stores them."""
         return [{"type": type(layer).__name__, "config": layer.get_config()}
