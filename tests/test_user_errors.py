@@ -6,6 +6,7 @@ the habits are shown to work. Every error is raised before the model is changed.
 """
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -512,22 +513,27 @@ def _readme_section(title):
 
 def test_the_readme_library_snippets_run_verbatim(tmp_path, monkeypatch):
     blocks = _readme_section("Use it as a library")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     monkeypatch.chdir(tmp_path)                         # it saves lenet5.safetensors
     # One BLAS thread, as the CLI uses: two threads on a busy 2-core machine run 10x slower.
     with _captured(), get_backend("cpu").limit_threads(1):
         namespace = {}
         exec(compile(blocks[0], "README.md", "exec"), namespace)
-        exec(compile(blocks[1], "README.md", "exec"), {})
+        exec(compile(blocks[2], "README.md", "exec"), {})
     assert namespace["accuracy"] > 0.9
     assert namespace["probs"].shape == (1000, 10)
     assert (tmp_path / "lenet5.safetensors").is_file()
+    # the ONNX export of the trained model, served by onnxruntime (where the extra is installed)
+    if all(importlib.util.find_spec(m) for m in ("ndonnx", "onnx", "onnxruntime")):
+        lenet_probs = namespace["probs"]
+        exec(compile(blocks[1], "README.md", "exec"), namespace)
+        np.testing.assert_allclose(namespace["probs"], lenet_probs, atol=1e-5)
     # the residual block, then its fit with augmentation, a schedule and callbacks, on ten
     # random CIFAR-shaped images (one batch an epoch)
     rng = np.random.default_rng(0)
     graph = {"x_train": rng.normal(size=(10, 3, 32, 32)).astype(np.float32),
              "y_train": rng.integers(0, 10, 10), "SGD": namespace["SGD"]}
     with _captured(), get_backend("cpu").limit_threads(1):
-        exec(compile(blocks[2], "README.md", "exec"), graph)
         exec(compile(blocks[3], "README.md", "exec"), graph)
+        exec(compile(blocks[4], "README.md", "exec"), graph)
     assert graph["model"].num_params() == 9962 and (tmp_path / "best.safetensors").is_file()
