@@ -115,6 +115,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "a process under mpiexec (default: idle cores)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar: one line per epoch, as in a log")
+    p.add_argument("--compile", action="store_true",
+                   help="with --device jax: trace each training step into one program with "
+                        "jax.jit, and the test forward too (default: eager)")
     # training habits: the rate's schedule, clipping, early stopping, the best checkpoint
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
                    help="the learning rate over the epochs: step divides it by 10 after each "
@@ -276,14 +279,16 @@ def train(args) -> int:
     if not validation:
         print("validation: the last 10% of the training images, held out (what "
               "--early-stopping and --save-best watch)")
+    compiled = {"compile": True} if args.compile else {}
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                              optimizer=opt, seed=args.seed, verbose=2 if args.quiet else 1,
-                             augment=augment, threads=threads, **validation, **habits)
+                             augment=augment, threads=threads, **validation, **habits,
+                             **compiled)
         total = time.perf_counter() - t0
-        loss, acc = runner.evaluate(x_test, y_test)
+        loss, acc = runner.evaluate(x_test, y_test, **compiled)
     train_s = sum(history["seconds"])
     print(f"test accuracy {acc:.4f} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"training {train_s:.1f} s ({total:.1f} s with validation)")
