@@ -223,7 +223,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def train(args) -> int:
     from . import data, distributed, optim, training
     from .allocator import keep_freed_memory
-    from .backends import get_backend
+    from .backends import DeviceError, get_backend
     from .threads import default_threads
 
     parallel = distributed.launched_by_mpi()        # mpiexec -n N: data parallel over N processes
@@ -232,6 +232,9 @@ def train(args) -> int:
         distributed.silence_unless_root()
         distributed.interrupt_on_sigterm()          # how mpiexec passes a Ctrl-C on
     backend = distributed.rank_device(args.device) if parallel else get_backend(args.device)
+    if args.compile and (backend.jit is None or parallel):
+        raise DeviceError(f"--compile traces each step with jax.jit, in one process: run it "
+                          f"with --device jax (not {backend.name}) and without mpiexec")
     threads = (_threads(args.threads) if args.threads is not None
                else 1 if parallel else default_threads())
     keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
