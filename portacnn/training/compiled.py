@@ -10,8 +10,10 @@ new values; and puts every attribute it touched back as it was (:func:`_kept`), 
 outlives the trace. After each call the outputs are written into the model and the optimizer.
 Nothing a step changes is a constant of the program: the rate a schedule sets and Adam's step
 count are inputs, and the dropout masks are drawn by each layer's generator on the host, as in
-eager training (the same masks, step for step), and passed in. A new batch size (the last,
-short batch) traces once more; the first call of each shape pays the compilation.
+eager training (the same masks, step for step), and passed in. Settings that are Python
+numbers (momentum, weight decay, clipping, dropout's p) are read when a step is traced: a
+``fit`` call traces anew. A new batch size (the last, short batch) traces once more; the
+first call of each shape pays the compilation.
 
 The program is made by the backend's ``jit`` (:attr:`portacnn.backends.Backend.jit`: JAX's
 ``jax.jit``); other backends have none and refuse ``compile=True``.
