@@ -119,6 +119,9 @@ def train_parser(prog="portacnn train") -> argparse.ArgumentParser:
                         "a process under mpiexec (default: idle cores)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar: one line per epoch, as in a log")
+    p.add_argument("--compile", action="store_true",
+                   help="with --device jax: trace each training step into one program with "
+                        "jax.jit, and the test forward too (default: eager)")
     # training habits: the rate's schedule, clipping, early stopping, the best checkpoint
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
                    help="the learning rate over the epochs: step divides it by 10 after each "
@@ -230,7 +233,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def train(args) -> int:
     from . import data, distributed, optim, training
     from .allocator import keep_freed_memory
-    from .backends import get_backend
+    from .backends import DeviceError, get_backend
     from .threads import default_threads
 
     parallel = distributed.launched_by_mpi()        # mpiexec -n N: data parallel over N processes
@@ -239,6 +242,9 @@ def train(args) -> int:
         distributed.silence_unless_root()
         distributed.interrupt_on_sigterm()          # how mpiexec passes a Ctrl-C on
     backend = distributed.rank_device(args.device) if parallel else get_backend(args.device)
+    if args.compile and (backend.jit is None or parallel):
+        raise DeviceError(f"--compile traces each step with jax.jit, in one process: run it "
+                          f"with --device jax (not {backend.name}) and without mpiexec")
     threads = (_threads(args.threads) if args.threads is not None
                else 1 if parallel else default_threads())
     keep_freed_memory()           # freed buffers are reused, not page-faulted in anew each step
@@ -286,14 +292,16 @@ def train(args) -> int:
     if not validation:
         print("validation: the last 10% of the training images, held out (what "
               "--early-stopping and --save-best watch)")
+    compiled = {"compile": True} if args.compile else {}
     t0 = time.perf_counter()
     with backend.limit_threads(threads):
         print(f"threads: {backend.thread_info()}")
         history = runner.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                              optimizer=opt, seed=args.seed, verbose=2 if args.quiet else 1,
-                             augment=augment, threads=threads, **validation, **habits)
+                             augment=augment, threads=threads, **validation, **habits,
+                             **compiled)
         total = time.perf_counter() - t0
-        loss, acc = runner.evaluate(x_test, y_test)
+        loss, acc = runner.evaluate(x_test, y_test, **compiled)
     train_s = sum(history["seconds"])
     print(f"test accuracy {acc:.4f} (loss {loss:.4f}) on {len(x_test):,} held-out images; "
           f"training {train_s:.1f} s ({total:.1f} s with validation)")

@@ -49,7 +49,9 @@ def namespace(*arrays):
             f"arrays from different libraries were mixed ({' and '.join(kinds)}); "
             "move them to one backend first, e.g. with model.backend.asarray(x)"
         ) from exc
-    devices = {str(array_api_compat.device(a)) for a in arrays if a is not None}
+    # a traced array (jax.jit) has no device yet (None): it runs where its program is placed
+    found = (array_api_compat.device(a) for a in arrays if a is not None)
+    devices = {str(d) for d in found if d is not None}
     if len(devices) > 1:
         raise TypeError(
             f"arrays on different devices were mixed ({', '.join(sorted(devices))}); "

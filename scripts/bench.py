@@ -6,6 +6,7 @@
     python scripts/bench.py --quick                 # 6,000 images, fewer repeats
     python scripts/bench.py --data-parallel 2 --compare-torch   # runs mpiexec -n 2 itself
     python scripts/bench.py --sections none --sweep --networks --write-docs   # shapes, networks
+    python scripts/bench.py --device jax --compile --json docs/bench/compiled-....json
 
 What it measures, at each thread count in ``--threads`` (every CPU pool capped alike: BLAS via
 threadpoolctl and ``torch.set_num_threads`` for PyTorch), with the backend's kernel overrides
@@ -53,6 +54,10 @@ in the same run (:mod:`benchmarks.sgemm`). ``--write-docs`` writes the results i
 into docs/performance.md. The code of each section is in ``scripts/benchmarks/``; this file
 parses the options and runs the sections asked for.
 
+``--compile`` (with ``--device jax``) runs only the compiled-step section
+(:mod:`benchmarks.compiled`): a training step of LeNet-5 and the small VGG compiled by
+``jax.jit`` against the same step eager on JAX, on NumPy and in PyTorch, at 1 thread.
+
 The machine's speed drifts, so read ratios between peers measured in the same run, not the
 absolute seconds.
 """
@@ -76,6 +81,7 @@ from portacnn import distributed  # noqa: E402
 from portacnn.allocator import keep_freed_memory  # noqa: E402
 
 from benchmarks import report as docs_report  # noqa: E402
+from benchmarks import compiled as compiled_steps  # noqa: E402
 from benchmarks.common import (LR, MOMENTUM, Peer, device_line, load_average,  # noqa: E402,F401
                                machine_info, machine_kind, peak_bytes, timed)
 from benchmarks.data_parallel import (_run_timed, data_parallel,  # noqa: E402,F401
@@ -141,6 +147,10 @@ def parse_args(argv=None):
     g.add_argument("--write-docs", action="store_true",
                    help="write docs/bench/<machine kind>.json and the tables into "
                         "docs/performance.md")
+    p.add_argument("--compile", action="store_true",
+                   help="only the compiled-step section (--device jax): LeNet-5's and the small "
+                        "VGG's training step compiled by jax.jit against eager JAX, NumPy and "
+                        "PyTorch, at 1 thread (uses --network-batch, --network-steps, --only)")
     p.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -150,8 +160,10 @@ def parse_args(argv=None):
         args.network_steps = 1
     if args.rss is None:
         args.rss = not args.quick
-    if args.sweep or args.networks or args.rss_child:
+    if args.sweep or args.networks or args.rss_child or args.compile:
         args.compare_torch = True
+    if args.compile:
+        args.sections = "none"
     args.network_threads = args.network_threads or sorted({1, os.cpu_count() or 1})
     args.threads = _ints(args.threads)
     args.sections = set(args.sections.split(",")) - {"none"}
@@ -208,6 +220,10 @@ def main(argv=None):
         print("bench: error: --sweep and --networks compare against PyTorch on the CPU; run "
               "them with --device cpu", file=sys.stderr)
         return 2
+    if args.compile and backend.jit is None:
+        print(f"bench: error: --compile times steps compiled by jax.jit; run it with --device "
+              f"jax, not {args.device}", file=sys.stderr)
+        return 2
     if backend.accelerator and len(args.threads) > 1:
         args.threads = args.threads[:1]        # CPU threads do not change a GPU's speed
     allocator_kept = keep_freed_memory()       # as the training command does
@@ -259,7 +275,16 @@ def main(argv=None):
             args.network_infer_batch, args.network_steps, rss=args.rss,
             script=Path(__file__).resolve(), only=args.only,
             peak_gflops=report["sgemm"]["peak_gflops"])
+    if args.compile:
+        print(f"training step compiled by jax.jit against eager JAX, NumPy and PyTorch, "
+              f"1 thread, batch {args.network_batch}, median of {args.repeats} runs of "
+              f"{args.network_steps} steps (interleaved):")
+        report["compiled"] = compiled_steps.bench_compiled(
+            backend, torch, args.repeats, args.network_batch, args.network_steps, args.only)
     report["load_average_end"] = load_average()
+    if args.compile:
+        print()
+        print(compiled_steps.markdown(report["compiled"]))
     if args.sweep or args.networks:
         print()
         print(docs_report.markdown(report))

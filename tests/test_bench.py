@@ -62,6 +62,12 @@ def test_compare_torch_without_torch_says_how_to_install(hide_module, capsys):
     assert "pip install torch" in capsys.readouterr().err
 
 
+def test_compile_off_jax_exits_2_naming_the_device(capsys):
+    pytest.importorskip("torch", reason="torch is not installed (optional peer)")
+    assert bench.main(["--device", "cpu", "--compile"]) == 2
+    assert "run it with --device jax" in capsys.readouterr().err
+
+
 def test_bench_unknown_device_exits_2(capsys):
     assert bench.main(["--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err

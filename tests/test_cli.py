@@ -52,6 +52,7 @@ def test_script_and_module_run(tmp_path):
     (["--lr", "0"], "argument --lr: must be positive"),
     (["--data", "/no/such/dir"], "--data /no/such/dir: no such directory"),
     (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    (["--device", "numpy", "--compile"], "--compile traces each step with jax.jit"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message):
     if args == ["--device", "gpu"]:
@@ -126,3 +127,4 @@ def test_help_shows_every_options_default():
         if action.option_strings and action.nargs != 0:
             assert "default" in (action.help or ""), action.option_strings
     assert "--quiet" in text and "progress" in text
+

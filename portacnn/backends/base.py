@@ -115,14 +115,16 @@ class Backend:
         return dtype
 
     def owns(self, x) -> bool:
-        """True if ``x`` is an array of this backend's namespace on its device."""
+        """True if ``x`` is an array of this backend's namespace on its device, or one being
+        traced (``jax.jit``'s tracers have no device yet: it is placed when the program runs)."""
         if type(x) is self._array_type and str(array_api_compat.device(x)) == str(self.device):
             return True
         try:
             xp = array_api_compat.array_namespace(x)
         except TypeError:
             return False
-        return xp is self.xp and str(array_api_compat.device(x)) == str(self.device)
+        device = array_api_compat.device(x)
+        return xp is self.xp and (device is None or str(device) == str(self.device))
 
     @staticmethod
     def array_to_numpy(x) -> np.ndarray:
@@ -195,6 +197,14 @@ class Backend:
         """Make this backend's device the current one for the rest of this thread (a process
         that computes on one device, as each process of a data-parallel job does); a no-op for
         libraries without a current device."""
+
+    @property
+    def jit(self):
+        """The library's ``jit(fn)``, which traces a function of arrays, array-API code as it is
+        written, into one compiled program (``jax.jit``); None where the library runs eagerly
+        only (NumPy, CuPy, torch). Compiled steps (``fit(..., compile=True)``) need it."""
+        jit = getattr(self.native, "jit", None)
+        return jit if callable(jit) else None
 
     def synchronize(self) -> None:
         """Wait until queued device work is finished (a no-op on the CPU). Use before timing."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from array_api_compat import device as device_of
+
 from ..namespace import namespace
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache"]
@@ -111,7 +113,7 @@ def _gathered_statistics(x, axes, bshape, count, gather):
     local_mean = xp.sum(x, axis=axes, keepdims=True) / max(count, 1)   # 0 for no rows
     local_centred = x - local_mean
     m2 = xp.sum(local_centred * local_centred, axis=axes)
-    counts = xp.full((c,), float(count), dtype=x.dtype, device=x.device)
+    counts = xp.full((c,), float(count), dtype=x.dtype, device=device_of(x))
     everyone = gather(xp.stack([counts, xp.reshape(local_mean, (c,)), m2]))    # (R, 3, C)
     n_r, mean_r, m2_r = everyone[:, 0, :], everyone[:, 1, :], everyone[:, 2, :]
     n = xp.sum(n_r, axis=0)

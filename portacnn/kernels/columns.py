@@ -28,6 +28,7 @@ Nothing is written after it is made, so both run on JAX as on NumPy.
 from __future__ import annotations
 
 import array_api_extra as xpx
+from array_api_compat import device as device_of
 
 from ..namespace import namespace
 from .shapes import Geometry, batch_dim
@@ -94,11 +95,11 @@ def scatter_windows(dwin, g: Geometry, input_shape):
     n, c, h, w = input_shape
     hp, wp = g.padded_hw(h, w)
     dwin = xp.reshape(dwin, (n, c, g.kh, g.kw, g.oh, g.ow))
-    rows = xp.zeros((n, c, g.kw, hp, g.ow), dtype=dwin.dtype, device=dwin.device)
+    rows = xp.zeros((n, c, g.kw, hp, g.ow), dtype=dwin.dtype, device=device_of(dwin))
     for i in range(g.kh):
         rows = xpx.at(rows, (slice(None), slice(None), slice(None), g.rows_at(i), ...)).add(
             dwin[:, :, i, ...])
-    buf = xp.zeros((n, c, hp, wp), dtype=dwin.dtype, device=dwin.device)
+    buf = xp.zeros((n, c, hp, wp), dtype=dwin.dtype, device=device_of(dwin))
     for j in range(g.kw):
         buf = xpx.at(buf, (slice(None), slice(None), slice(None), g.cols_at(j))).add(
             rows[:, :, j, ...])

@@ -41,6 +41,7 @@ from typing import NamedTuple
 from ..namespace import namespace
 from ..scalars import is_int
 import array_api_extra as xpx
+from array_api_compat import device as device_of
 
 from .shapes import Geometry, batch_dim, check_nchw, geometry
 from .columns import im2col
@@ -181,7 +182,7 @@ def _framed(dy, g: Geometry, r0: int, rows: int, c0: int, cols: int):
     lo_c, hi_c, at_c = _placement(g.kw - 1 - c0, g.sw, g.ow, w_frame)
     if (g.sh, g.sw, at_r, at_c, hi_r - lo_r, hi_c - lo_c) == (1, 1, 0, 0, h_frame, w_frame):
         return dy[:, :, lo_r:hi_r, lo_c:hi_c]
-    frame = xp.zeros((n, f, h_frame, w_frame), dtype=dy.dtype, device=dy.device)
+    frame = xp.zeros((n, f, h_frame, w_frame), dtype=dy.dtype, device=device_of(dy))
     if hi_r <= lo_r or hi_c <= lo_c:                       # no window reaches a kept pixel
         return frame
     key = (slice(None), slice(None), slice(at_r, at_r + (hi_r - lo_r - 1) * g.sh + 1, g.sh),

@@ -6,6 +6,8 @@ when you need a Python number.
 
 from __future__ import annotations
 
+from array_api_compat import device as device_of
+
 from ..namespace import namespace
 from .activations import log_softmax
 
@@ -15,7 +17,7 @@ __all__ = ["softmax_cross_entropy", "mse", "one_hot"]
 def one_hot(labels, num_classes: int, dtype):
     """(N,) integer labels -> (N, num_classes) one-hot of ``dtype``."""
     xp = namespace(labels)
-    classes = xp.arange(num_classes, device=labels.device)
+    classes = xp.arange(num_classes, device=device_of(labels))
     return xp.astype(labels[:, None] == classes, dtype)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import array_api_extra as xpx
+from array_api_compat import device as device_of
 
 from ..namespace import namespace
 from .shapes import Geometry, check_nchw, geometry
@@ -95,7 +96,7 @@ def _from_tiles(blocks, g: Geometry, input_shape):
     bh = max(g.oh, -(-(r0 + rows) // g.sh))                 # blocks covering the wanted rows
     bw = max(g.ow, -(-(c0 + cols) // g.sw))
     if (bh, bw, g.sh, g.sw) != (g.oh, g.ow, g.kh, g.kw):
-        buf = xp.zeros((n, c, bh, g.sh, bw, g.sw), dtype=blocks.dtype, device=blocks.device)
+        buf = xp.zeros((n, c, bh, g.sh, bw, g.sw), dtype=blocks.dtype, device=device_of(blocks))
         blocks = xpx.at(buf, (slice(None), slice(None), slice(0, g.oh), slice(0, g.kh),
                               slice(0, g.ow), slice(0, g.kw))).set(blocks)
     grad = xp.reshape(blocks, (n, c, bh * g.sh, bw * g.sw))
@@ -117,7 +118,7 @@ def _gather_windows(grads, g: Geometry, input_shape, reduce):
     r0, rows, c0, cols = kept_region(g, *input_shape[2:])
     oy, ox = max(0, g.kh - 1 - r0), max(0, g.kw - 1 - c0)
     buf = xp.zeros(tuple(grads.shape[:-2]) + (oy + r0 + rows, ox + c0 + cols),
-                   dtype=grads.dtype, device=grads.device)
+                   dtype=grads.dtype, device=device_of(grads))
     buf = xpx.at(buf, (Ellipsis, slice(oy, oy + (g.oh - 1) * g.sh + 1, g.sh),
                        slice(ox, ox + (g.ow - 1) * g.sw + 1, g.sw))).set(grads)
     per_offset = grads.ndim == 6
@@ -158,7 +159,7 @@ def max_pool2d_backward(dy, cache: PoolCache):
     """Route ``dy`` (N, C, OH, OW) to the first maximum of each window. Returns dx."""
     xp = namespace(dy)
     argmax, g, input_shape = cache
-    offsets = xp.arange(g.window, dtype=argmax.dtype, device=dy.device)
+    offsets = xp.arange(g.window, dtype=argmax.dtype, device=device_of(dy))
     if windows_tile(g):
         chosen = argmax[:, :, :, None, :, None] == xp.reshape(offsets, (g.kh, 1, g.kw))
         return _from_tiles(xp.where(chosen, dy[:, :, :, None, :, None], 0.0), g, input_shape)

@@ -214,6 +214,9 @@ class ModelBase:
             callbacks: :class:`~portacnn.training.Callback` objects run around each epoch
                 (:mod:`portacnn.callbacks`: ``EarlyStopping``, ``ModelCheckpoint``,
                 ``LearningRateScheduler`` for a schedule of :mod:`portacnn.schedules`).
+            compile: on a JAX model, trace each training step (forward, loss, backward,
+                update) into one program with ``jax.jit`` (:mod:`portacnn.training.compiled`);
+                the same numbers as eager training, without a dispatch per operation.
             threads: BLAS threads while training. By default the cores the machine's load
                 leaves idle (:func:`portacnn.threads.default_threads`), unless the BLAS pools
                 are already capped below the core count (``threadpoolctl``, the command line),
@@ -229,16 +232,18 @@ class ModelBase:
         """
         return training.fit(self, x, y, epochs, batch_size, optimizer, **kwargs)
 
-    def evaluate(self, x, y, batch_size: int = 256):
+    def evaluate(self, x, y, batch_size: int = 256, *, compile: bool = False):
         """Mean loss and accuracy on ``(x, y)`` in eval mode: ``(loss, accuracy)`` (accuracy is
-        None for the MSE loss). At most ``backend.kernels.infer_chunk`` images go through at once."""
-        return training.evaluate(self, x, y, batch_size)
+        None for the MSE loss). At most ``backend.kernels.infer_chunk`` images go through at once.
+        ``compile=True`` traces the forward with ``jax.jit`` (a model on JAX)."""
+        return training.evaluate(self, x, y, batch_size, compile=compile)
 
-    def predict(self, x, batch_size: int = 256):
+    def predict(self, x, batch_size: int = 256, *, compile: bool = False):
         """Class probabilities (softmax of the logits) for ``x`` (N, *input_shape), in eval
         mode: an (N, classes) array on the model's device (``model.backend.to_numpy`` copies it
-        to the host); with the MSE loss, the raw outputs."""
-        return training.predict(self, x, batch_size)
+        to the host); with the MSE loss, the raw outputs. ``compile=True`` traces the forward
+        with ``jax.jit`` (a model on JAX)."""
+        return training.predict(self, x, batch_size, compile=compile)
 
     # --- persistence ----------------------------------------------------------------------
     def export_onnx(self, path, *, batch: int | None = None):

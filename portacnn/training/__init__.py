@@ -12,6 +12,8 @@ container's interface (:class:`portacnn.Sequential` calls them), one job per mod
   drawn alike on every process;
 - :mod:`.callbacks`: ``Callback`` and Keras's ``EarlyStopping``, ``ModelCheckpoint`` and
   ``LearningRateScheduler``, run by ``fit(..., callbacks=[...])`` around each epoch;
+- :mod:`.compiled`: ``fit(..., compile=True)``'s step, the eager step traced by ``jax.jit``
+  with the parameters, buffers, optimizer state and dropout masks as its inputs and outputs;
 - :mod:`.replicas`: ``OneProcess``, the protocol of where a batch is computed, which
   :class:`portacnn.distributed.DataParallel` implements across processes.
 """

@@ -49,6 +49,7 @@ from ..threads import threads_for_fit
 from . import checks, staging
 from .augment import check_augmentation, epoch_rng
 from .callbacks import CallbackList
+from .compiled import CompiledTraining, check_compilable, compiled_forward
 from .progress import Divergence, History, Progress
 from .replicas import ONE_PROCESS, OneProcess
 
@@ -144,7 +145,8 @@ def _hits(model, logits, yb):
 def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
         seed: int | None = 0, verbose: int = 1, file=None, augment=None, callbacks=None,
-        threads: int | None = None, replicas: OneProcess = ONE_PROCESS) -> History:
+        threads: int | None = None, replicas: OneProcess = ONE_PROCESS,
+        compile: bool = False) -> History:
     """Train ``model`` for ``epochs`` passes over ``(x, y)``; see :meth:`Sequential.fit`.
     ``augment``: applied to each training batch (not to validation data), with plans drawn
     for the whole batch from :func:`~.augment.epoch_rng` (see :mod:`.augment`).
@@ -152,7 +154,8 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     early after an epoch where one sets ``model.stop_training`` (rank 0's decides for every
     process). ``threads``: BLAS threads while training (:func:`portacnn.threads.threads_for_fit`
     decides when None; one a process under data parallelism). ``replicas``: where each batch is
-    computed (see the module's docstring)."""
+    computed (see the module's docstring). ``compile``: each step traced into one program by
+    ``jax.jit`` (a JAX model in one process; :mod:`.compiled`), validation's forward too."""
     epochs = checks.positive_int(epochs, "epochs")
     augment = check_augmentation(augment)
     batch_size = checks.positive_int(batch_size, "batch_size")
@@ -161,12 +164,15 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         validation_data = checks.validation_pair(validation_data)
     checks.check_arrays(model, x, y)
     model.build_for(x)
+    if compile:
+        check_compilable(model, replicas)
     checks.check_against_model(model, x, y)
     x, y, validation_data = _hold_out(model, x, y, validation_data, validation_split)
     x, y = staging.device_data(model, x, y)
     if optimizer is None:     # keep the model's (from load or an earlier fit), else plain SGD
         optimizer = model.optimizer if model.optimizer is not None else SGD(0.01)
     model.optimizer = optimizer = get_optimizer(optimizer)
+    step = CompiledTraining(model, optimizer, train_step) if compile else None
     if not replicas.is_root:
         verbose = 0                             # one process prints
     rng = model.backend.rng(seed)
@@ -189,13 +195,14 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
                                  live=model.backend.host_sync_is_free) if verbose == 1 else None)
             augmenting = None if augment is None else (augment, epoch_rng(seed, epoch))
             loss_sum, hits_sum, seconds = _train_epoch(model, x, y, order, batch_size, optimizer,
-                                                       replicas, progress, augmenting)
+                                                       replicas, progress, augmenting, step)
             loss, acc = loss_sum / n, (hits_sum / n if has_accuracy else None)
             divergence.after_epoch(loss, epoch, progress)
             val_loss = val_acc = None
             if validation_data is not None:
                 val_loss, val_acc = _evaluate(model, *validation_data,
-                                              batch_size=max(batch_size, 256), replicas=replicas)
+                                              batch_size=max(batch_size, 256), replicas=replicas,
+                                              compile=compile)
             history.append(loss=loss, accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
                            seconds=seconds, images_per_s=n / seconds)
             if verbose:
@@ -231,10 +238,12 @@ def _hold_out(model, x, y, validation_data, validation_split: float):
 
 
 def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OneProcess,
-                 progress: Progress | None, augmenting=None) -> tuple[float, float, float]:
+                 progress: Progress | None, augmenting=None,
+                 compiled: CompiledTraining | None = None) -> tuple[float, float, float]:
     """One training pass over ``(x, y)`` in batches of ``batch_size`` rows, taken in ``order``
     (row indices; None: as they are). ``augmenting``: None or ``(augmentation, generator)``;
-    each process draws the plan of every whole batch and applies its shard's rows. Returns
+    each process draws the plan of every whole batch and applies its shard's rows.
+    ``compiled``: the step to run instead of :func:`train_step` (``fit(compile=True)``). Returns
     ``(loss_sum, hits_sum, seconds)``: the summed per-row loss and correct predictions over
     every process, read back once at the end, and the seconds the batches took."""
     backend = model.backend
@@ -255,8 +264,11 @@ def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OnePr
                 augment, rng = augmenting
                 xb = augment.apply(xb, augment.plan(rng, stop - start)[lo - start:hi - start])
             yb = staging.batch(model, y, lo, hi, order)
-            loss, logits = train_step(model, xb, yb, optimizer, batch_rows=stop - start,
-                                      sum_gradients=replicas.sum_gradients)
+            if compiled is None:
+                loss, logits = train_step(model, xb, yb, optimizer, batch_rows=stop - start,
+                                          sum_gradients=replicas.sum_gradients)
+            else:
+                loss, logits = compiled(xb, yb)
             seen += hi - lo
             total_loss = total_loss + loss * (stop - start)
             hits = _hits(model, logits, yb)
@@ -271,17 +283,19 @@ def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OnePr
 
 
 # --- evaluate and predict ------------------------------------------------------------------
-def _inference(model, x, batch_size: int) -> list:
+def _inference(model, x, batch_size: int, compile: bool = False) -> list:
     """The model's outputs for ``x`` in eval mode, chunk by chunk (at most
-    ``backend.kernels.infer_chunk`` images at once), in order."""
+    ``backend.kernels.infer_chunk`` images at once), in order; with ``compile``, by the
+    forward traced by ``jax.jit`` (:func:`~.compiled.compiled_forward`)."""
     batch_size = checks.positive_int(batch_size, "batch_size")
     chunk = model.backend.kernels.infer_chunk
     step = batch_size if chunk is None else min(batch_size, chunk)
     was_training = model.training
     model.eval()
     try:
+        forward = compiled_forward(model) if compile else model.forward
         with model.backend.activate():
-            return [model.forward(staging.batch(model, x, start, min(start + step, x.shape[0]),
+            return [forward(staging.batch(model, x, start, min(start + step, x.shape[0]),
                                                 dtype=model.dtype_name))
                     for start in range(0, x.shape[0], step)]
     finally:
@@ -289,21 +303,25 @@ def _inference(model, x, batch_size: int) -> list:
 
 
 @on_device
-def evaluate(model, x, y, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS):
+def evaluate(model, x, y, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS,
+             compile: bool = False):
     """Mean loss and accuracy of ``model`` on ``(x, y)``; see :meth:`Sequential.evaluate`.
-    With ``replicas`` each process evaluates its shard of the rows and the sums are added."""
+    With ``replicas`` each process evaluates its shard of the rows and the sums are added;
+    with ``compile`` the forward is traced by ``jax.jit`` (a JAX model)."""
     checks.check_arrays(model, x, y)
     model.build_for(x)
     checks.check_against_model(model, x, y)
-    return _evaluate(model, *staging.device_data(model, x, y), batch_size, replicas=replicas)
+    return _evaluate(model, *staging.device_data(model, x, y), batch_size, replicas=replicas,
+                     compile=compile)
 
 
-def _evaluate(model, x, y, batch_size: int, *, replicas: OneProcess = ONE_PROCESS):
+def _evaluate(model, x, y, batch_size: int, *, replicas: OneProcess = ONE_PROCESS,
+              compile: bool = False):
     """:func:`evaluate` on data already checked (and where it fits, on the device)."""
     loss_fn = _loss_kernel(model)
     total_loss = total_hits = None
     start, end = replicas.shard(0, x.shape[0])
-    for logits in _inference(model, staging.rows(x, start, end), batch_size):
+    for logits in _inference(model, staging.rows(x, start, end), batch_size, compile):
         stop = start + logits.shape[0]
         yb = staging.batch(model, y, start, stop)
         loss = loss_fn(logits, yb)[0] * logits.shape[0]
@@ -319,15 +337,17 @@ def _evaluate(model, x, y, batch_size: int, *, replicas: OneProcess = ONE_PROCES
 
 
 @on_device
-def predict(model, x, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS):
+def predict(model, x, batch_size: int = 256, *, replicas: OneProcess = ONE_PROCESS,
+            compile: bool = False):
     """Class probabilities of ``model`` for ``x``; see :meth:`Sequential.predict`. With
-    ``replicas`` each process predicts its shard of the rows and every process gets all."""
+    ``replicas`` each process predicts its shard of the rows and every process gets all; with
+    ``compile`` the forward is traced by ``jax.jit`` (a JAX model)."""
     checks.check_arrays(model, x)
     model.build_for(x)
     checks.check_against_model(model, x, values=False)
     x, _ = staging.device_data(model, x)
     start, end = replicas.shard(0, x.shape[0])
-    outs = _inference(model, staging.rows(x, start, end), batch_size)
+    outs = _inference(model, staging.rows(x, start, end), batch_size, compile)
     if model.loss_name == "cross_entropy":
         outs = [model.backend.kernels.softmax(out, axis=1) for out in outs]
     if not outs:                                # an empty shard
