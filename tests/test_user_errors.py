@@ -20,7 +20,8 @@ import pytest
 import portacnn
 from portacnn import (AvgPool2D, BatchNorm2D, CheckpointError, Conv2D, Dense, DeviceError,
                       Dropout, Flatten, MaxPool2D, ReLU, Sequential, Upsample2D, get_backend)
-from portacnn.cli import _threads, main
+from portacnn.cli import main
+from portacnn.cli.run import _threads
 from portacnn.data import DataError, download_mnist, load_mnist
 from portacnn.optim import SGD, Adam, RMSprop
 
