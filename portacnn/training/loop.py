@@ -44,7 +44,7 @@ import time
 
 from ..backends import on_device
 from ..optim import SGD, get_optimizer
-from ..scalars import is_real, seed_or_none
+from ..scalars import seed_or_none
 from ..threads import threads_for_fit
 from . import checks, staging
 from .augment import check_augmentation, epoch_rng
@@ -167,7 +167,7 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
     if compile:
         check_compilable(model, replicas)
     checks.check_against_model(model, x, y)
-    x, y, validation_data = _hold_out(model, x, y, validation_data, validation_split)
+    x, y, validation_data = staging.hold_out(model, x, y, validation_data, validation_split)
     x, y = staging.device_data(model, x, y)
     if optimizer is None:     # keep the model's (from load or an earlier fit), else plain SGD
         optimizer = model.optimizer if model.optimizer is not None else SGD(0.01)
@@ -214,27 +214,6 @@ def fit(model, x, y, epochs: int = 1, batch_size: int = 32, optimizer=None, *,
         model.train()
         callbacks.on_train_end(logs)
         return history
-
-
-def _hold_out(model, x, y, validation_data, validation_split: float):
-    """``(x, y, validation_data)``: the last ``validation_split`` of ``(x, y)`` held out (the
-    rows were checked with ``x`` and ``y``), or ``validation_data`` checked and staged."""
-    if validation_data is not None and validation_split:
-        raise ValueError("give validation_data or validation_split, not both")
-    if validation_split:
-        if not (is_real(validation_split) and 0.0 < validation_split < 1.0):
-            raise ValueError(f"validation_split must be in (0, 1), got {validation_split!r}")
-        cut = x.shape[0] - int(round(x.shape[0] * validation_split))
-        if cut <= 0 or cut >= x.shape[0]:
-            raise ValueError("validation_split leaves no training or no validation samples")
-        validation_data = (x[cut:, ...], y[cut:, ...])
-        x, y = x[:cut, ...], y[:cut, ...]
-    elif validation_data is not None:
-        checks.check_arrays(model, *validation_data, what="validation x")
-        checks.check_against_model(model, *validation_data, what="validation x")
-    if validation_data is not None:
-        validation_data = staging.device_data(model, *validation_data)
-    return x, y, validation_data
 
 
 def _train_epoch(model, x, y, order, batch_size: int, optimizer, replicas: OneProcess,

@@ -4,14 +4,17 @@ Host data (NumPy) that fits the backend's ``device_data_limit`` (a GPU's) is mov
 device whole, once per call (:func:`device_data`); each epoch is then shuffled there with one
 ``take`` per array (:func:`epoch_data`), so a batch is a slice. Otherwise each batch is
 gathered on the host and moved by itself, once (:func:`batch`). Arrays already on the device
-stay there.
+stay there. :func:`hold_out` sets validation rows apart (or checks the validation data given)
+before the training data is moved.
 """
 
 from __future__ import annotations
 
 from ..backends import is_host_array
+from ..scalars import is_real
+from . import checks
 
-__all__ = ["batch", "device_data", "epoch_data", "rows"]
+__all__ = ["batch", "device_data", "epoch_data", "hold_out", "rows"]
 
 
 def batch(model, arr, start, stop, order=None, dtype=None):
@@ -55,3 +58,24 @@ def epoch_data(model, x, y, order):
 def rows(arr, start, stop):
     """Rows ``[start, stop)`` of ``arr``; ``arr`` itself when that is all of them."""
     return arr if (start, stop) == (0, arr.shape[0]) else arr[start:stop, ...]
+
+
+def hold_out(model, x, y, validation_data, validation_split: float):
+    """``(x, y, validation_data)``: the last ``validation_split`` of ``(x, y)`` held out (the
+    rows were checked with ``x`` and ``y``), or ``validation_data`` checked and staged."""
+    if validation_data is not None and validation_split:
+        raise ValueError("give validation_data or validation_split, not both")
+    if validation_split:
+        if not (is_real(validation_split) and 0.0 < validation_split < 1.0):
+            raise ValueError(f"validation_split must be in (0, 1), got {validation_split!r}")
+        cut = x.shape[0] - int(round(x.shape[0] * validation_split))
+        if cut <= 0 or cut >= x.shape[0]:
+            raise ValueError("validation_split leaves no training or no validation samples")
+        validation_data = (x[cut:, ...], y[cut:, ...])
+        x, y = x[:cut, ...], y[:cut, ...]
+    elif validation_data is not None:
+        checks.check_arrays(model, *validation_data, what="validation x")
+        checks.check_against_model(model, *validation_data, what="validation x")
+    if validation_data is not None:
+        validation_data = device_data(model, *validation_data)
+    return x, y, validation_data
