@@ -12,7 +12,8 @@ time (:data:`CLOCK`; both sides run on that thread alone, so that is their work 
 time slices other programs took); GFLOP/s counts
 2·N·F·OH·OW·(C/groups)·kh·kw per product (forward, dW and dx each). The route is what the CPU
 override took: the cache's ``route`` attribute where it has one, else its class name
-(``RowBlockCache``: batch-minor rows; ``ConvCache``: columns).
+(``RowBlockCache``: batch-minor rows; ``FoldedCache``: batch-folded columns;
+``PointwiseCache``: 1x1; ``ConvCache``: the portable columns).
 
 Grouped rows run only where the kernel accepts ``groups=`` (a signature check); otherwise they
 are listed as skipped.
