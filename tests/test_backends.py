@@ -8,8 +8,8 @@ import pytest
 
 import portacnn
 from portacnn.kernels import CpuKernels, Kernels
-from portacnn.backends import (Backend, DeviceError, NumpyBackend, StrictBackend, TorchBackend,
-                               backend_of, get_backend, namespace, to_numpy)
+from portacnn.backends import (DeviceError, JaxBackend, NumpyBackend, StrictBackend,
+                               TorchBackend, backend_of, get_backend, namespace, to_numpy)
 
 
 def test_import_portacnn_imports_no_optional_library():
@@ -84,10 +84,10 @@ def test_each_library_is_served_by_its_own_class():
     assert type(get_backend("torch")) is TorchBackend
 
 
-def test_any_namespace_array_api_compat_recognises_gets_the_generic_backend():
+def test_jax_gets_its_backend_by_name_module_and_array():
     jnp = pytest.importorskip("jax.numpy", reason="jax is not installed (optional backend)")
     be = get_backend("jax")
-    assert type(be) is Backend and be.name == "jax" and type(be.kernels) is Kernels
+    assert type(be) is JaxBackend and be.name == "jax" and type(be.kernels) is not Kernels
     assert get_backend(jnp) == be
     x = be.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
     assert backend_of(x) == be and be.owns(x)

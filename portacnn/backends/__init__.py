@@ -13,22 +13,25 @@
 | :class:`TorchBackend` | PyTorch | ``"torch"`` |
 | :class:`StrictBackend` | array_api_strict | ``"array_api_strict"`` |
 | :class:`OnnxBackend` | ndonnx (arrays that record an ONNX graph: export) | ``"onnx"``, ``"ndonnx"`` |
-| :class:`Backend` (generic) | any namespace array-api-compat recognises | ``"jax"``, or the module |
+| :class:`JaxBackend` | JAX (its kernels' convolution is XLA's) | ``"jax"`` |
+| :class:`Backend` (generic) | any other namespace array-api-compat recognises | the module |
 
 The modules: ``base`` (the :class:`Backend` class, :func:`to_numpy`), one module per library
-class (``numpy``, ``cupy``, ``torch``, ``strict``, ``onnx``), ``registry`` (which class serves which
-library), ``selection`` (:func:`get_backend`, :func:`backend_of`), ``errors``, ``memory``
-(:class:`MemoryPeak`, for benchmarks), ``random`` (:class:`PortableRNG`) and ``cupy_doctor``
-(CuPy's smoke test and install diagnostics).
+class (``numpy``, ``cupy``, ``torch``, ``jax``, ``strict``, ``onnx``), ``jax_kernels`` (JAX's
+kernel set), ``registry`` (which class serves which library), ``selection``
+(:func:`get_backend`, :func:`backend_of`), ``errors``, ``memory`` (:class:`MemoryPeak`, for
+benchmarks), ``random`` (:class:`PortableRNG`) and ``cupy_doctor`` (CuPy's smoke test and
+install diagnostics).
 
 Nothing else in portacnn imports an array library or asks which backend runs: kernels infer
 ``xp`` from their inputs (:func:`namespace`), layers and models ask their backend.
 """
 
-from . import cupy, numpy, onnx, strict, torch  # noqa: F401  (each registers its class)
+from . import cupy, jax, numpy, onnx, strict, torch  # noqa: F401  (each registers its class)
 from .base import Backend, describe_array, is_host_array, namespace, on_device, to_numpy
 from .cupy import CupyBackend
 from .errors import DeviceError, NoDeviceError
+from .jax import JaxBackend
 from .memory import MemoryPeak
 from .numpy import NumpyBackend
 from .onnx import OnnxBackend
@@ -38,7 +41,7 @@ from .selection import ENV_VAR, backend_of, get_backend, registered
 from .strict import StrictBackend
 from .torch import TorchBackend
 
-__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "MemoryPeak", "NoDeviceError",
-           "NumpyBackend", "OnnxBackend", "PortableRNG", "StrictBackend", "TorchBackend", "backend_of",
-           "describe_array", "get_backend", "is_host_array", "namespace", "on_device", "register",
-           "registered", "to_numpy"]
+__all__ = ["Backend", "CupyBackend", "DeviceError", "ENV_VAR", "JaxBackend", "MemoryPeak",
+           "NoDeviceError", "NumpyBackend", "OnnxBackend", "PortableRNG", "StrictBackend",
+           "TorchBackend", "backend_of", "describe_array", "get_backend", "is_host_array",
+           "namespace", "on_device", "register", "registered", "to_numpy"]

@@ -6,9 +6,10 @@ it receives a namespace ``xp`` from a backend, or infers it from its inputs with
 
 The base class names no library: it works for any namespace that ``array_api_compat``
 recognises (JAX, for one). The library classes in this package (:mod:`.numpy`, :mod:`.cupy`,
-:mod:`.torch`, :mod:`.strict`) add what their library needs: a device string, their arrays'
-copy to the host, thread control, a smoke test. :func:`to_numpy` copies an array of any
-library to the host with the conversion of the class registered for it (:mod:`.registry`).
+:mod:`.torch`, :mod:`.jax`, :mod:`.strict`) add what their library needs: a device string,
+their arrays' copy to the host, thread control, a smoke test, a faster kernel set.
+:func:`to_numpy` copies an array of any library to the host with the conversion of the class
+registered for it (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ def to_numpy(x) -> np.ndarray:
     A host NumPy array is returned as is; another array is copied by
     :meth:`Backend.array_to_numpy` of the class registered for its library (``x.get()`` for
     CuPy, ``x.detach().cpu().numpy()`` for torch), or of the generic :class:`Backend` for a
-    library without a class (JAX). No backend is made, so no GPU smoke test runs.
+    library without a class. No backend is made, so no GPU smoke test runs.
     """
     if is_host_array(x):
         return x

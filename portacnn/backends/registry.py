@@ -4,7 +4,7 @@ Each library's class registers itself with :func:`register`. Two lookups read th
 :func:`~.selection.get_backend` asks the classes which one a device string names, and
 :func:`~.base.to_numpy` finds the class of an array's library to copy it to the host, without
 making a backend. A library no class is registered for is served by the generic
-:class:`~.base.Backend` (JAX).
+:class:`~.base.Backend`.
 
 This module imports nothing, not even :mod:`.base` (whose ``to_numpy`` reads the table).
 """

@@ -3,7 +3,7 @@ name into a :class:`~.base.Backend`; :func:`backend_of` finds the backend an arr
 
 The registered classes (:mod:`.registry`) are asked in turn whether a device string names
 them. A namespace no class is registered for gets the generic :class:`~.base.Backend` when
-``array_api_compat`` recognises it (JAX).
+``array_api_compat`` recognises it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import array_api_compat
 
 from ..namespace import library_name, namespace
 from .base import Backend
-from .errors import DeviceError, import_library
+from .errors import DeviceError
 from .registry import registered_class, registered_classes
 
 __all__ = ["get_backend", "backend_of", "registered", "ENV_VAR"]
 
 ENV_VAR = "PORTACNN_DEVICE"
-# Libraries known by name that need no class of their own: the module that holds the namespace.
-_GENERIC_MODULES = {"jax": "jax.numpy"}
 
 
 def registered() -> list[str]:
@@ -31,7 +29,7 @@ def registered() -> list[str]:
     names = ["cpu", "gpu", "cuda", "cuda:N"]
     for cls in registered_classes():
         names += [n for n in (cls.library, *cls.aliases) if n not in names]
-    return names + [n for n in _GENERIC_MODULES if n not in names]
+    return names
 
 
 def get_backend(spec: "str | ModuleType | Backend | None" = None, device=None, *,
@@ -81,9 +79,6 @@ def _from_string(key: str, device, local_rank: int | None = None):
             if device is None and local_rank is not None:
                 return cls.for_local_rank(local_rank)
             return cls.create(device)
-    if key in _GENERIC_MODULES:
-        return _from_module(import_library(_GENERIC_MODULES[key], f"pip install {key}"), device,
-                            local_rank)
     raise DeviceError(f"unknown device {key!r}; valid devices: {', '.join(registered())}")
 
 
